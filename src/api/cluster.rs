@@ -1,0 +1,122 @@
+//! Operator routes: `/health`, `/metrics`, `/cluster/*` (SPEC §3).
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::extract;
+use crate::node::Node;
+use crate::ring::{partition_end, partition_start};
+use crate::storage::Record;
+
+/// `GET /health`.
+pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(json!({ "status": "ok", "node_id": node.id }))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /cluster/members`.
+pub async fn members(State(node): State<Arc<Node>>) -> Json<Value> {
+    let table = node.members.lock().expect("members lock");
+    let members: Vec<Value> = table
+        .members()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "address": m.address,
+                "status": m.status,
+                "heartbeat": m.heartbeat,
+                "updated_at": humantime::format_rfc3339_millis(m.updated_at).to_string(),
+            })
+        })
+        .collect();
+    Json(json!({ "node_id": node.id, "members": members }))
+}
+
+/// `GET /cluster/ring`.
+pub async fn ring(State(node): State<Arc<Node>>) -> Json<Value> {
+    let ring = node.ring();
+    let q = ring.partition_count();
+    let partitions: Vec<Value> = (0..q)
+        .map(|p| {
+            json!({
+                "id": p,
+                "start": format!("{:016x}", partition_start(p, q)),
+                "end": format!("{:016x}", partition_end(p, q)),
+                "preference_list": ring.preference_list(p),
+            })
+        })
+        .collect();
+    Json(json!({ "partition_count": q, "replicas": ring.replicas(), "partitions": partitions }))
+}
+
+/// `GET /cluster/replicas/{key}`: what each replica stores for one key now.
+pub async fn replicas(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let key = extract::key(&node, path)?;
+    let ring = node.ring();
+    let partition = ring.partition_of(key.as_bytes());
+    let list = ring.preference_list(partition);
+    let mut replicas = Vec::with_capacity(list.len());
+    for id in &list {
+        let entry = if *id == node.id {
+            let record = node
+                .storage
+                .get(partition, key.as_bytes())
+                .map_err(crate::coordinator::CoordError::from)?;
+            json!({ "node": id, "reachable": true, "versions": versions_json(&record.unwrap_or_default()) })
+        } else {
+            json!({ "node": id, "reachable": false, "versions": [] })
+        };
+        replicas.push(entry);
+    }
+    Ok(Json(json!({
+        "key": key,
+        "partition": partition,
+        "preference_list": list,
+        "replicas": replicas,
+    })))
+}
+
+/// A record's versions as `/cluster/replicas` shows them.
+pub fn versions_json(record: &Record) -> Vec<Value> {
+    record
+        .values()
+        .iter()
+        .map(|v| {
+            let clock: serde_json::Map<String, Value> =
+                v.history().summary().entries().map(|(n, c)| (n.to_string(), json!(c))).collect();
+            json!({ "clock": clock, "deleted": v.payload.deleted, "timestamp": v.payload.timestamp_ms })
+        })
+        .collect()
+}
+
+/// `POST /cluster/leave`: 202, then hand off and exit 0.
+pub async fn leave(State(node): State<Arc<Node>>) -> Response {
+    tracing::info!("leave requested");
+    node.leave.cancel();
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "status": "leaving", "node_id": node.id })),
+    )
+        .into_response()
+}

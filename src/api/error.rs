@@ -1,0 +1,115 @@
+//! The one place that knows how failures look over HTTP: every error is
+//! `{"error": "<sentence>", "code": "<machine_code>"}` with a fitting status.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::coordinator::CoordError;
+use crate::version::token;
+
+/// An error answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Empty key, bad percent-encoding, not UTF-8.
+    #[error("{0}")]
+    InvalidKey(String),
+    /// Key over `--max-key-bytes`.
+    #[error("key is {len} bytes; the limit is {limit} (--max-key-bytes)")]
+    KeyTooLarge { len: usize, limit: u64 },
+    /// Value over `--max-value-bytes`.
+    #[error("value exceeds the limit of {limit} bytes (--max-value-bytes)")]
+    ValueTooLarge { limit: u64 },
+    /// Bad `r` or `w`.
+    #[error(transparent)]
+    InvalidQuorum(#[from] crate::coordinator::LevelError),
+    /// Bad `ttl`.
+    #[error("ttl={0:?} must be a whole number of seconds from 1 to 3153600000")]
+    InvalidTtl(String),
+    /// Query string that does not parse.
+    #[error("query string does not parse: {0}")]
+    InvalidQuery(String),
+    /// Bad `X-Context`.
+    #[error("{0}; send back the X-Context of a read unchanged, or none")]
+    InvalidContext(#[from] token::ContextError),
+    /// Bad `Content-Type` header.
+    #[error("Content-Type must be printable ASCII of at most 256 bytes")]
+    InvalidContentType,
+    /// Key never written, deleted or expired.
+    #[error("key not found")]
+    NotFound,
+    /// No such route.
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    /// Route exists, method does not.
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    /// Coordinator refused or failed.
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+}
+
+impl ApiError {
+    /// HTTP status and stable machine code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidKey(_) => (StatusCode::BAD_REQUEST, "invalid_key"),
+            ApiError::KeyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "key_too_large"),
+            ApiError::ValueTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),
+            ApiError::InvalidQuorum(_) => (StatusCode::BAD_REQUEST, "invalid_quorum"),
+            ApiError::InvalidTtl(_) => (StatusCode::BAD_REQUEST, "invalid_ttl"),
+            ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            ApiError::InvalidContext(_) => (StatusCode::BAD_REQUEST, "invalid_context"),
+            ApiError::InvalidContentType => (StatusCode::BAD_REQUEST, "invalid_content_type"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Coord(CoordError::TooManySiblings { .. }) => {
+                (StatusCode::CONFLICT, "too_many_siblings")
+            }
+            ApiError::Coord(CoordError::QuorumNotMet { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met")
+            }
+            ApiError::Coord(CoordError::Storage(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut body = json!({ "error": self.to_string(), "code": code });
+        let mut context = None;
+        match &self {
+            ApiError::Coord(CoordError::QuorumNotMet {
+                needed,
+                acked,
+                context: ctx,
+            }) => {
+                body["needed"] = json!(needed);
+                body["acked"] = json!(acked);
+                context = ctx.clone();
+            }
+            ApiError::Coord(CoordError::TooManySiblings { limit, would }) => {
+                body["limit"] = json!(limit);
+                body["would_keep"] = json!(would);
+            }
+            ApiError::Coord(CoordError::Storage(e)) => {
+                // Details go to the log, not to the client.
+                tracing::error!(error = %e, "storage failure");
+                body["error"] = json!("internal storage error");
+            }
+            _ => {}
+        }
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(ctx) = context {
+            if let Ok(v) = HeaderValue::from_str(&token::encode(&ctx)) {
+                resp.headers_mut().insert(super::X_CONTEXT, v);
+            }
+        }
+        resp
+    }
+}

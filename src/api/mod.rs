@@ -1,0 +1,105 @@
+//! The HTTP edge: the router, its layers, and the JSON fallbacks.
+//!
+//! Handlers live in [`kv`] (client data) and [`cluster`] (operators); request
+//! parsing in [`extract`]; the mapping of every failure to a status and a
+//! stable `code` in [`error`]. A middleware records every request in
+//! `dynakv_http_requests_total` and `dynakv_http_request_duration_seconds`
+//! labelled by the matched route template, and gives axum's bodyless 405s the
+//! same JSON error shape as everything else.
+
+pub mod cluster;
+pub mod error;
+pub mod extract;
+pub mod kv;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+use crate::node::Node;
+use error::ApiError;
+
+/// The causal context header.
+pub const X_CONTEXT: &str = "x-context";
+
+/// Every public route template with its methods, as served (and as
+/// `openapi.yaml` must describe them).
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/kv/{key}", &["get", "put", "delete"]),
+    ("/health", &["get"]),
+    ("/metrics", &["get"]),
+    ("/cluster/members", &["get"]),
+    ("/cluster/ring", &["get"]),
+    ("/cluster/replicas/{key}", &["get"]),
+    ("/cluster/leave", &["post"]),
+];
+
+/// Builds the router for `node`.
+pub fn router(node: Arc<Node>) -> Router {
+    // Leave room above the value limit so an over-limit body is read far
+    // enough to be answered with our own 413, and never buffered unbounded.
+    let body_limit = usize::try_from(node.cfg.max_value_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
+    Router::new()
+        .route("/kv/{key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/health", get(cluster::health))
+        .route("/metrics", get(cluster::metrics))
+        .route("/cluster/members", get(cluster::members))
+        .route("/cluster/ring", get(cluster::ring))
+        .route("/cluster/replicas/{key}", get(cluster::replicas))
+        .route("/cluster/leave", post(cluster::leave))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(node.clone(), observe))
+        .layer(TraceLayer::new_for_http())
+        .with_state(node)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    let path = uri.path();
+    if path == "/kv" || path == "/kv/" || path == "/cluster/replicas/" {
+        return ApiError::InvalidKey("key must not be empty".into());
+    }
+    ApiError::RouteNotFound(path.to_string())
+}
+
+/// Records metrics and turns bodyless 405s into JSON errors.
+async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().clone();
+    // Client-chosen method names must not grow the label set.
+    let method_label = match method.as_str() {
+        m @ ("GET" | "PUT" | "POST" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH") => m,
+        _ => "OTHER",
+    };
+    let mut resp = next.run(req).await;
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && !resp.headers().contains_key(header::CONTENT_TYPE)
+    {
+        let allow = resp.headers().get(header::ALLOW).cloned();
+        resp = ApiError::MethodNotAllowed(method.to_string()).into_response();
+        if let Some(allow) = allow {
+            resp.headers_mut().insert(header::ALLOW, allow);
+        }
+    }
+    node.metrics.observe_http(
+        &route,
+        method_label,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}

@@ -1,0 +1,316 @@
+//! Node configuration: every flag of SPEC §2, each with its `DYNAKV_*`
+//! environment variable, parsed by clap and checked by [`Config::validate`].
+//!
+//! Parsing rejects malformed values (clap prints a usage error); `validate`
+//! rejects combinations that parse but cannot work (R or W greater than N,
+//! suspect not before dead, a malformed URL). Both happen before anything
+//! touches the data dir, so a startup mistake costs one clear line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, one event a line.
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
+/// Flags of the `dynakv` binary (SPEC §2).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "dynakv",
+    version,
+    about = "A Dynamo-style key-value store over HTTP/JSON"
+)]
+pub struct Config {
+    /// Unique, stable id of this node (default: generated on first start and
+    /// persisted in the data dir).
+    #[arg(long, env = "DYNAKV_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Address to bind.
+    #[arg(long, env = "DYNAKV_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Base URL other nodes use to reach this one (default: http://<listen>).
+    #[arg(long, env = "DYNAKV_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// sled database directory (exclusively locked).
+    #[arg(long, env = "DYNAKV_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Comma-separated base URLs of nodes to join through.
+    #[arg(long, env = "DYNAKV_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+
+    /// N: copies of every key.
+    #[arg(long, env = "DYNAKV_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub replicas: u32,
+
+    /// R: default replies a read waits for.
+    #[arg(long, env = "DYNAKV_READ_QUORUM", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub read_quorum: u32,
+
+    /// W: default acks a write waits for.
+    #[arg(long, env = "DYNAKV_WRITE_QUORUM", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub write_quorum: u32,
+
+    /// Q: fixed number of ring partitions (shards); must match cluster-wide.
+    #[arg(long, env = "DYNAKV_PARTITIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub partitions: u32,
+
+    /// Tokens each node places on the ring.
+    #[arg(long, env = "DYNAKV_VNODES", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub vnodes: u32,
+
+    /// Gossip round period, in milliseconds.
+    #[arg(long, env = "DYNAKV_GOSSIP_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub gossip_interval_ms: u64,
+
+    /// No heartbeat progress for this long: suspect.
+    #[arg(long, env = "DYNAKV_SUSPECT_AFTER_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub suspect_after_ms: u64,
+
+    /// No heartbeat progress for this long: dead, removed from the ring.
+    #[arg(long, env = "DYNAKV_DEAD_AFTER_MS", default_value_t = 15000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dead_after_ms: u64,
+
+    /// Merkle root exchange period, in milliseconds.
+    #[arg(long, env = "DYNAKV_ANTI_ENTROPY_INTERVAL_MS", default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub anti_entropy_interval_ms: u64,
+
+    /// Timeout of one node-to-node request, in milliseconds.
+    #[arg(long, env = "DYNAKV_REQUEST_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+
+    /// Larger keys are rejected.
+    #[arg(long, env = "DYNAKV_MAX_KEY_BYTES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_key_bytes: u64,
+
+    /// Larger values are rejected.
+    #[arg(long, env = "DYNAKV_MAX_VALUE_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1..=1_073_741_824))]
+    pub max_value_bytes: u64,
+
+    /// Client writes that would keep more siblings are refused.
+    #[arg(long, env = "DYNAKV_MAX_SIBLINGS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_siblings: u32,
+
+    /// A tombstone held by every replica is purged after this long.
+    #[arg(long, env = "DYNAKV_TOMBSTONE_GRACE_MS", default_value_t = 86_400_000)]
+    pub tombstone_grace_ms: u64,
+
+    /// Flush to disk before acknowledging a write.
+    #[arg(long, env = "DYNAKV_SYNC_WRITES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub sync_writes: bool,
+
+    /// When set, every internal request must carry it.
+    #[arg(long, env = "DYNAKV_CLUSTER_SECRET")]
+    pub cluster_secret: Option<String>,
+
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(long, env = "DYNAKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// A configuration that parses but cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// R greater than N.
+    #[error("--read-quorum ({r}) must not exceed --replicas ({n})")]
+    ReadQuorumTooLarge { r: u32, n: u32 },
+    /// W greater than N.
+    #[error("--write-quorum ({w}) must not exceed --replicas ({n})")]
+    WriteQuorumTooLarge { w: u32, n: u32 },
+    /// Suspect timeout not shorter than dead timeout.
+    #[error("--suspect-after-ms ({suspect}) must be less than --dead-after-ms ({dead})")]
+    SuspectNotBeforeDead { suspect: u64, dead: u64 },
+    /// A node id with characters that do not survive URLs, JSON and logs.
+    #[error("--node-id {0:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ -")]
+    BadNodeId(String),
+    /// A URL that is not `http(s)://host[:port]`.
+    #[error("{flag} {url:?} is not a base URL like http://host:port")]
+    BadUrl { flag: &'static str, url: String },
+    /// An empty cluster secret would silently disable the check.
+    #[error("--cluster-secret must not be empty")]
+    EmptySecret,
+}
+
+impl Config {
+    /// Checks what clap cannot: relations between flags and URL shapes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.read_quorum > self.replicas {
+            return Err(ConfigError::ReadQuorumTooLarge {
+                r: self.read_quorum,
+                n: self.replicas,
+            });
+        }
+        if self.write_quorum > self.replicas {
+            return Err(ConfigError::WriteQuorumTooLarge {
+                w: self.write_quorum,
+                n: self.replicas,
+            });
+        }
+        if self.suspect_after_ms >= self.dead_after_ms {
+            return Err(ConfigError::SuspectNotBeforeDead {
+                suspect: self.suspect_after_ms,
+                dead: self.dead_after_ms,
+            });
+        }
+        if let Some(id) = &self.node_id {
+            if !valid_node_id(id) {
+                return Err(ConfigError::BadNodeId(id.clone()));
+            }
+        }
+        if let Some(url) = &self.advertise {
+            check_url("--advertise", url)?;
+        }
+        for seed in &self.seeds {
+            check_url("--seeds", seed)?;
+        }
+        if self.cluster_secret.as_deref() == Some("") {
+            return Err(ConfigError::EmptySecret);
+        }
+        Ok(())
+    }
+
+    /// The base URL peers use for this node, without a trailing slash.
+    pub fn advertise_url(&self) -> String {
+        match &self.advertise {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// Seeds with trailing slashes removed and empty entries dropped.
+    pub fn seed_urls(&self) -> Vec<String> {
+        self.seeds
+            .iter()
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+/// Whether `id` is a usable node id: 1..=64 of `[A-Za-z0-9._-]`.
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_url(flag: &'static str, url: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::BadUrl {
+        flag,
+        url: url.to_string(),
+    };
+    let trimmed = url.trim();
+    if trimmed.is_empty() {
+        // `--seeds ""` is how an environment says "no seeds".
+        return Ok(());
+    }
+    let uri: axum::http::Uri = trimmed.parse().map_err(|_| bad())?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(auth)) if !auth.host().is_empty() => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut all = vec!["dynakv"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all)
+    }
+
+    #[test]
+    fn defaults_match_spec() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!((c.replicas, c.read_quorum, c.write_quorum), (3, 2, 2));
+        assert_eq!((c.partitions, c.vnodes), (64, 16));
+        assert_eq!(c.advertise_url(), "http://127.0.0.1:8080");
+        assert!(!c.sync_writes);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn zero_counts_are_usage_errors() {
+        for flag in [
+            "--replicas",
+            "--read-quorum",
+            "--write-quorum",
+            "--partitions",
+            "--vnodes",
+        ] {
+            assert!(parse(&[flag, "0"]).is_err(), "{flag} 0 accepted");
+        }
+    }
+
+    #[test]
+    fn quorum_above_n_is_refused() {
+        let c = parse(&[
+            "--replicas",
+            "2",
+            "--read-quorum",
+            "3",
+            "--write-quorum",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ReadQuorumTooLarge { r: 3, n: 2 })
+        );
+        let c = parse(&[
+            "--replicas",
+            "2",
+            "--read-quorum",
+            "1",
+            "--write-quorum",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::WriteQuorumTooLarge { w: 3, n: 2 })
+        );
+    }
+
+    #[test]
+    fn urls_and_ids_are_checked() {
+        assert!(parse(&["--seeds", "http://a:1,http://b:2"])
+            .unwrap()
+            .validate()
+            .is_ok());
+        assert!(parse(&["--seeds", "a:1"]).unwrap().validate().is_err());
+        assert!(parse(&["--advertise", "not a url"])
+            .unwrap()
+            .validate()
+            .is_err());
+        assert!(parse(&["--node-id", "a b"]).unwrap().validate().is_err());
+        assert!(parse(&["--node-id", "node-1.a_b"])
+            .unwrap()
+            .validate()
+            .is_ok());
+        assert!(parse(&["--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn sync_writes_takes_a_bool_or_nothing() {
+        assert!(parse(&["--sync-writes"]).unwrap().sync_writes);
+        assert!(parse(&["--sync-writes", "true"]).unwrap().sync_writes);
+        assert!(!parse(&["--sync-writes", "false"]).unwrap().sync_writes);
+        assert!(parse(&["--sync-writes", "maybe"]).is_err());
+    }
+}

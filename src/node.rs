@@ -1,0 +1,227 @@
+//! Wiring: one [`Node`] holds the configuration, storage, membership and the
+//! current ring; [`run`] serves the API on a bound listener and runs the
+//! background loops until the shutdown future resolves.
+//!
+//! Shutdown (SIGTERM, Ctrl-C, or the future in tests): stop accepting, let
+//! in-flight requests finish (bounded by [`DRAIN_TIMEOUT`]), cancel the loops,
+//! wait for them, then flush sled, so a graceful stop never loses an
+//! acknowledged write whatever `--sync-writes` says.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::membership::{Table, Timeouts};
+use crate::metrics::Metrics;
+use crate::ring::Ring;
+use crate::storage::{Storage, StorageError, StorageOptions};
+
+/// How long a graceful shutdown waits for in-flight requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Heartbeats are reserved on disk this many at a time, so a restart (even
+/// after SIGKILL) starts above any heartbeat already gossiped.
+const HEARTBEAT_RESERVE: u64 = 1000;
+
+/// A node's shared state: the axum `State`.
+pub struct Node {
+    /// Validated configuration.
+    pub cfg: Config,
+    /// This node's id (from the flag or the data dir).
+    pub id: String,
+    /// Base URL peers use for this node.
+    pub address: String,
+    /// The sled database.
+    pub storage: Arc<Storage>,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Membership table. A std mutex: held only for short sections, never
+    /// across an `.await`.
+    pub members: Mutex<Table>,
+    /// Cancelled by `POST /cluster/leave`: the node hands off and stops.
+    pub leave: CancellationToken,
+    ring: watch::Sender<Arc<Ring>>,
+}
+
+/// A failure to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data dir could not be used.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+impl Node {
+    /// Validates `cfg`, opens the data dir and builds the node's state.
+    pub fn open(cfg: Config) -> Result<Arc<Self>, StartError> {
+        cfg.validate()?;
+        let storage = Storage::open(
+            &cfg.data_dir,
+            &StorageOptions {
+                partitions: cfg.partitions,
+                sync_writes: cfg.sync_writes,
+                tombstone_grace_ms: cfg.tombstone_grace_ms,
+            },
+        )?;
+        let id = storage.node_id(&cfg.data_dir, cfg.node_id.as_deref(), || {
+            format!("node-{:08x}", rand::random::<u32>())
+        })?;
+        let address = cfg.advertise_url();
+        // Start above every heartbeat the previous run could have gossiped.
+        let start = storage.heartbeat_reserved()?;
+        storage.reserve_heartbeat(start + HEARTBEAT_RESERVE)?;
+        let table = Table::new(&id, &address, start, SystemTime::now());
+        let ring = Ring::new(
+            &table.ring_members(),
+            cfg.partitions,
+            cfg.vnodes,
+            cfg.replicas,
+        );
+        let (ring, _) = watch::channel(Arc::new(ring));
+        Ok(Arc::new(Self {
+            cfg,
+            id,
+            address,
+            storage,
+            metrics: Metrics::new(),
+            members: Mutex::new(table),
+            leave: CancellationToken::new(),
+            ring,
+        }))
+    }
+
+    /// The current ring (an immutable snapshot).
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.borrow().clone()
+    }
+
+    /// The membership timeouts from the configuration.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            suspect_after: Duration::from_millis(self.cfg.suspect_after_ms),
+            dead_after: Duration::from_millis(self.cfg.dead_after_ms),
+        }
+    }
+
+    /// One heartbeat: bump our counter, reserve more on disk when needed.
+    fn heartbeat(&self) -> Result<(), StorageError> {
+        let hb = {
+            let mut t = self.members.lock().expect("members lock");
+            t.refresh(SystemTime::now(), self.timeouts());
+            t.bump(SystemTime::now())
+        };
+        self.metrics.heartbeat.set(hb as i64);
+        if hb >= self.storage.heartbeat_reserved()? {
+            self.storage.reserve_heartbeat(hb + HEARTBEAT_RESERVE)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves `node` on `listener` until `shutdown` resolves, then drains and
+/// flushes.
+pub async fn run(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    spawn_loops(&node, &cancel, &tasks);
+
+    let app = crate::api::router(node.clone());
+    let stop = CancellationToken::new();
+    let stop_serving = stop.clone();
+    let leave = node.leave.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown => {},
+            _ = leave.cancelled() => {},
+        }
+        stop_serving.cancel();
+    });
+    let graceful = stop.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { graceful.cancelled().await });
+    tracing::info!(node_id = %node.id, address = %node.address, "dynakv serving");
+    let served = tokio::spawn(async move { server.await });
+    stop.cancelled().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    match tokio::time::timeout(DRAIN_TIMEOUT, served).await {
+        Ok(Ok(Err(e))) => return Err(StartError::Serve(e)),
+        Ok(_) => {}
+        Err(_) => tracing::warn!(
+            "in-flight requests still running after {DRAIN_TIMEOUT:?}; closing anyway"
+        ),
+    }
+    cancel.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await;
+    node.storage.flush().await?;
+    tracing::info!("stopped; data flushed");
+    Ok(())
+}
+
+/// Starts the background loops, each with a child token and a tracker slot.
+fn spawn_loops(node: &Arc<Node>, cancel: &CancellationToken, tasks: &TaskTracker) {
+    let n = node.clone();
+    let c = cancel.child_token();
+    let every = Duration::from_millis(node.cfg.gossip_interval_ms);
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = c.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = n.heartbeat() {
+                        tracing::warn!(error = %e, "heartbeat not persisted");
+                    }
+                }
+            }
+        }
+    });
+    let n = node.clone();
+    let c = cancel.child_token();
+    tasks.spawn(async move { crate::reaper::run(n, c).await });
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

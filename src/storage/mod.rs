@@ -1,0 +1,505 @@
+//! Durable state of one node, in one exclusively locked sled `Db`.
+//!
+//! Trees:
+//! - `p00000`.. one per ring partition (shard) this node replicates: key ->
+//!   encoded [`Record`]. Opened on first use.
+//! - `meta`: node id, partition count, heartbeat reservation.
+//! - `expiry`: `(expires_at_ms BE, partition BE, key)` -> `()`, so the reaper
+//!   finds expired values without scanning the data.
+//! - `tombstones`: `(purge_after_ms BE, partition BE, key)` -> `()`, likewise
+//!   for tombstones past their grace period.
+//!
+//! Writes are read-modify-write loops over `compare_and_swap`, so concurrent
+//! writers of one key never lose each other's versions. With `sync_writes`,
+//! [`Storage::durable`] waits for a flush that started after the write, and
+//! writes arriving together share one flush (group commit).
+
+pub mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use record::{Content, Record};
+
+const META_NODE_ID: &[u8] = b"node_id";
+const META_PARTITIONS: &[u8] = b"partitions";
+const META_HEARTBEAT: &[u8] = b"heartbeat_reserved";
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The data dir path names a file.
+    #[error("data dir {0} is a file, not a directory")]
+    NotADirectory(PathBuf),
+    /// The data dir cannot be created or written.
+    #[error("data dir {path} is not writable: {source}")]
+    Unwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Another process holds the lock.
+    #[error("data dir {0} is locked by another running dynakv node")]
+    Locked(PathBuf),
+    /// The data dir was created with another Q.
+    #[error("data dir {path} was created with --partitions {stored}, not {requested}; Q is fixed for the life of a cluster")]
+    PartitionMismatch {
+        path: PathBuf,
+        stored: u32,
+        requested: u32,
+    },
+    /// The data dir belongs to another node id.
+    #[error("data dir {path} belongs to node {stored:?}, not {requested:?}")]
+    NodeIdMismatch {
+        path: PathBuf,
+        stored: String,
+        requested: String,
+    },
+    /// sled failed.
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record did not decode.
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
+}
+
+/// One node's sled database.
+pub struct Storage {
+    db: sled::Db,
+    meta: sled::Tree,
+    expiry: sled::Tree,
+    tombstones: sled::Tree,
+    partitions: Vec<OnceLock<sled::Tree>>,
+    commit: Option<GroupCommit>,
+    tombstone_grace_ms: u64,
+}
+
+/// How a node opens its storage.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Q, fixed for the life of the data dir.
+    pub partitions: u32,
+    /// Flush before acknowledging (group commit).
+    pub sync_writes: bool,
+    /// How long a tombstone is kept before it may be purged.
+    pub tombstone_grace_ms: u64,
+}
+
+impl Storage {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path, opts: &StorageOptions) -> Result<Arc<Self>, StorageError> {
+        let partitions = opts.partitions;
+        if dir.is_file() {
+            return Err(StorageError::NotADirectory(dir.to_path_buf()));
+        }
+        let unwritable = |source| StorageError::Unwritable {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(unwritable)?;
+        // sled reports permissions late and vaguely; probe first.
+        let probe = dir.join(".dynakv-write-probe");
+        std::fs::write(&probe, b"").map_err(unwritable)?;
+        let _ = std::fs::remove_file(&probe);
+
+        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+            sled::Error::Io(ref io) if is_lock_error(io) => StorageError::Locked(dir.to_path_buf()),
+            other => StorageError::Sled(other),
+        })?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(META_PARTITIONS)? {
+            Some(v) => {
+                let stored = u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
+                if stored != partitions {
+                    return Err(StorageError::PartitionMismatch {
+                        path: dir.to_path_buf(),
+                        stored,
+                        requested: partitions,
+                    });
+                }
+            }
+            None => {
+                meta.insert(META_PARTITIONS, &partitions.to_be_bytes())?;
+            }
+        }
+        let storage = Self {
+            expiry: db.open_tree("expiry")?,
+            tombstones: db.open_tree("tombstones")?,
+            meta,
+            partitions: (0..partitions).map(|_| OnceLock::new()).collect(),
+            commit: opts.sync_writes.then(GroupCommit::default),
+            tombstone_grace_ms: opts.tombstone_grace_ms,
+            db,
+        };
+        Ok(Arc::new(storage))
+    }
+
+    /// The node id stored in the data dir, storing `wanted` (or `generate()`)
+    /// on first start. Flushed at once: an id must never change.
+    pub fn node_id(
+        &self,
+        path: &Path,
+        wanted: Option<&str>,
+        generate: impl FnOnce() -> String,
+    ) -> Result<String, StorageError> {
+        if let Some(stored) = self.meta.get(META_NODE_ID)? {
+            let stored = String::from_utf8_lossy(&stored).into_owned();
+            return match wanted {
+                Some(w) if w != stored => Err(StorageError::NodeIdMismatch {
+                    path: path.to_path_buf(),
+                    stored,
+                    requested: w.to_string(),
+                }),
+                _ => Ok(stored),
+            };
+        }
+        let id = wanted.map(str::to_string).unwrap_or_else(generate);
+        self.meta.insert(META_NODE_ID, id.as_bytes())?;
+        self.db.flush()?;
+        Ok(id)
+    }
+
+    /// Reserves heartbeat values up to `upto` so that a restart starts above
+    /// anything this node may have gossiped; returns the previous reservation.
+    pub fn reserve_heartbeat(&self, upto: u64) -> Result<u64, StorageError> {
+        let prev = self
+            .meta
+            .insert(META_HEARTBEAT, &upto.to_be_bytes())?
+            .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
+            .unwrap_or(0);
+        self.db.flush()?;
+        Ok(prev)
+    }
+
+    /// The last heartbeat reservation (0 on a new data dir).
+    pub fn heartbeat_reserved(&self) -> Result<u64, StorageError> {
+        Ok(self
+            .meta
+            .get(META_HEARTBEAT)?
+            .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
+            .unwrap_or(0))
+    }
+
+    /// A node-wide counter, monotonic across restarts: the floor for new dots.
+    pub fn next_counter(&self) -> Result<u64, StorageError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    fn tree(&self, partition: u32) -> Result<&sled::Tree, StorageError> {
+        let slot = &self.partitions[partition as usize];
+        if let Some(t) = slot.get() {
+            return Ok(t);
+        }
+        let tree = self.db.open_tree(format!("p{partition:05}"))?;
+        Ok(slot.get_or_init(|| tree))
+    }
+
+    /// The record of `key` in `partition`, if any.
+    pub fn get(&self, partition: u32, key: &[u8]) -> Result<Option<Record>, StorageError> {
+        match self.tree(partition)?.get(key)? {
+            Some(bytes) => Ok(Some(record::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Atomically replaces the record of `key` with `f(current)`; `None` from
+    /// `f` removes the key. `f` may run more than once under contention and
+    /// may refuse with `Err(E)`, which changes nothing. Returns `f`'s result.
+    pub fn update<T, E>(
+        &self,
+        partition: u32,
+        key: &[u8],
+        mut f: impl FnMut(Option<Record>) -> Result<(Option<Record>, T), E>,
+    ) -> Result<Result<T, E>, StorageError> {
+        let tree = self.tree(partition)?;
+        loop {
+            let old = tree.get(key)?;
+            let current = old.as_deref().map(record::decode).transpose()?;
+            let (new, out) = match f(current) {
+                Ok(x) => x,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some(rec) = &new {
+                self.index(partition, key, rec)?;
+            }
+            let new_bytes = new.as_ref().map(record::encode);
+            if tree.compare_and_swap(key, old, new_bytes)?.is_ok() {
+                return Ok(Ok(out));
+            }
+        }
+    }
+
+    /// Notes a record's expiry and tombstone times in the reaper's indexes.
+    /// Written before the record itself: an entry whose record changed is
+    /// simply dropped when the reaper looks at it.
+    fn index(&self, partition: u32, key: &[u8], rec: &Record) -> Result<(), StorageError> {
+        for v in rec.values() {
+            if let Some(at) = v.payload.expires_at_ms {
+                self.expiry.insert(index_key(at, partition, key), &[])?;
+            }
+            if v.payload.deleted {
+                let after = v
+                    .payload
+                    .timestamp_ms
+                    .saturating_add(self.tombstone_grace_ms);
+                self.tombstones
+                    .insert(index_key(after, partition, key), &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Index entries due at `now_ms`, at most `limit`: expired values when
+    /// `tombstones` is false, tombstones past grace when true.
+    pub fn due(
+        &self,
+        tombstones: bool,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Due>, StorageError> {
+        let tree = if tombstones {
+            &self.tombstones
+        } else {
+            &self.expiry
+        };
+        let mut out = Vec::new();
+        for item in tree
+            .range(..(now_ms.saturating_add(1)).to_be_bytes().to_vec())
+            .take(limit)
+        {
+            let (k, _) = item?;
+            if k.len() < 12 {
+                tree.remove(&k)?;
+                continue;
+            }
+            let partition = u32::from_be_bytes(k[8..12].try_into().expect("4 bytes"));
+            if partition as usize >= self.partitions.len() {
+                tree.remove(&k)?;
+                continue;
+            }
+            out.push(Due {
+                index_key: k.to_vec(),
+                partition,
+                key: k[12..].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes a handled index entry.
+    pub fn done(&self, tombstones: bool, due: &Due) -> Result<(), StorageError> {
+        let tree = if tombstones {
+            &self.tombstones
+        } else {
+            &self.expiry
+        };
+        tree.remove(&due.index_key)?;
+        Ok(())
+    }
+
+    /// Every (key, record) of one partition (a full scan; call off the async
+    /// threads for large partitions).
+    pub fn scan(
+        &self,
+        partition: u32,
+    ) -> Result<impl Iterator<Item = Result<(Vec<u8>, Record), StorageError>>, StorageError> {
+        Ok(self.tree(partition)?.iter().map(|item| {
+            let (k, v) = item?;
+            Ok((k.to_vec(), record::decode(&v)?))
+        }))
+    }
+
+    /// Returns once this write is as durable as the configuration promises:
+    /// at once by default (sled flushes within 500 ms), after a shared flush
+    /// with `sync_writes`.
+    pub async fn durable(&self) -> Result<(), StorageError> {
+        match &self.commit {
+            Some(gc) => gc.flush(&self.db).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes everything to disk (shutdown).
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Bytes on disk, as sled estimates them.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// An index entry that is due.
+#[derive(Debug, Clone)]
+pub struct Due {
+    index_key: Vec<u8>,
+    /// Partition of the key.
+    pub partition: u32,
+    /// The key.
+    pub key: Vec<u8>,
+}
+
+fn index_key(at_ms: u64, partition: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(12 + key.len());
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn is_lock_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.raw_os_error() == Some(11)
+        || e.to_string().contains("lock")
+}
+
+/// Group commit: every durable write takes a ticket; whoever holds the flush
+/// lock flushes once for every ticket issued before its flush began, and the
+/// writers queued behind it find their ticket already covered.
+#[derive(Default)]
+struct GroupCommit {
+    issued: AtomicU64,
+    flushed: tokio::sync::Mutex<u64>,
+}
+
+impl GroupCommit {
+    async fn flush(&self, db: &sled::Db) -> Result<(), StorageError> {
+        let ticket = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = self.flushed.lock().await;
+        if *flushed >= ticket {
+            return Ok(());
+        }
+        let covers = self.issued.load(Ordering::SeqCst);
+        db.flush_async().await?;
+        *flushed = covers;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::Context;
+
+    fn opts(partitions: u32, sync_writes: bool) -> StorageOptions {
+        StorageOptions {
+            partitions,
+            sync_writes,
+            tombstone_grace_ms: 1000,
+        }
+    }
+
+    fn content(v: &str) -> Content {
+        Content {
+            value: v.as_bytes().to_vec(),
+            content_type: "text/plain".into(),
+            timestamp_ms: 1,
+            expires_at_ms: None,
+            deleted: false,
+        }
+    }
+
+    fn put(s: &Storage, key: &[u8], v: &str) {
+        s.update(0, key, |cur| {
+            let cur = cur.unwrap_or_default();
+            let ctx = cur.context();
+            let dot = cur.next_dot(&ctx, "n", s.next_counter().unwrap());
+            Ok::<_, ()>((Some(cur.update(&ctx, dot, content(v))), ()))
+        })
+        .unwrap()
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_second_open_of_one_dir_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Storage::open(dir.path(), &opts(4, false)).unwrap();
+        let second = Storage::open(dir.path(), &opts(4, false));
+        assert!(
+            matches!(second, Err(StorageError::Locked(_))),
+            "{:?}",
+            second.err()
+        );
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_data_and_refuses_another_q() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path(), &opts(4, true)).unwrap();
+            put(&s, b"k", "v1");
+            put(&s, b"k", "v2");
+            s.durable().await.unwrap();
+        }
+        let s = Storage::open(dir.path(), &opts(4, false)).unwrap();
+        let rec = s.get(0, b"k").unwrap().unwrap();
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec.values()[0].payload.value, b"v2");
+        drop(s);
+        assert!(matches!(
+            Storage::open(dir.path(), &opts(8, false)),
+            Err(StorageError::PartitionMismatch {
+                stored: 4,
+                requested: 8,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn refused_update_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &opts(1, false)).unwrap();
+        put(&s, b"k", "v");
+        let r = s
+            .update(0, b"k", |_| Err::<(Option<Record>, ()), _>("no"))
+            .unwrap();
+        assert_eq!(r, Err("no"));
+        assert_eq!(
+            s.get(0, b"k").unwrap().unwrap().values()[0].payload.value,
+            b"v"
+        );
+    }
+
+    #[tokio::test]
+    async fn node_id_is_kept_and_guarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &opts(1, false)).unwrap();
+        let id = s.node_id(dir.path(), None, || "gen-1".into()).unwrap();
+        assert_eq!(id, "gen-1");
+        assert_eq!(
+            s.node_id(dir.path(), None, || "gen-2".into()).unwrap(),
+            "gen-1"
+        );
+        assert!(s
+            .node_id(dir.path(), Some("other"), || unreachable!())
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn expiry_index_finds_due_keys_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &opts(2, false)).unwrap();
+        for (key, at) in [(&b"soon"[..], 100u64), (&b"later"[..], 1_000)] {
+            s.update(1, key, |cur| {
+                let cur = cur.unwrap_or_default();
+                let ctx = Context::new();
+                let dot = cur.next_dot(&ctx, "n", 0);
+                let mut c = content("x");
+                c.expires_at_ms = Some(at);
+                Ok::<_, ()>((Some(cur.update(&ctx, dot, c)), ()))
+            })
+            .unwrap()
+            .unwrap();
+        }
+        let due = s.due(false, 500, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].partition, due[0].key.as_slice()), (1, &b"soon"[..]));
+        s.done(false, &due[0]).unwrap();
+        assert!(s.due(false, 500, 10).unwrap().is_empty());
+        assert_eq!(s.due(false, 2_000, 10).unwrap().len(), 1);
+    }
+}

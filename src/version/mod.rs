@@ -1,0 +1,417 @@
+//! Dotted version vectors (SPEC §4, "Versioning").
+//!
+//! A key's state is a [`Siblings`] set: every stored version carries its own
+//! [`Dot`] (the node that wrote it and that node's counter) and its causal
+//! history as a [`VersionVector`] that includes the dot. The key's causal
+//! context is the join of its versions' clocks. This is the dotted version
+//! vector set of Almeida et al. (and Riak 2.0), with the paper's vocabulary:
+//! [`Siblings::update`] makes a new version from a context, [`Siblings::sync`]
+//! merges two replicas' sets, [`reconcile`] drops dominated versions.
+//!
+//! Invariant kept by `update` and `sync` (and restored by `reconcile`): no
+//! version's dot is covered by another version's clock, so every stored
+//! version is concurrent with every other one. Because each write gets its own
+//! dot, k writers racing with one stale context leave at most k siblings, where
+//! plain per-value vector clocks would create false siblings.
+//!
+//! Nothing here touches I/O, clocks or HTTP; the payload is generic so the
+//! laws can be property-tested with small values.
+
+pub mod token;
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's counter at the moment it wrote one version: the version's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Dot {
+    /// The node that coordinated the write.
+    pub node: String,
+    /// That node's counter for the write; unique per node.
+    pub counter: u64,
+}
+
+/// A vector clock: for each node, the highest counter of it that was seen.
+///
+/// Kept in a `BTreeMap` so there is one canonical order for encoding and
+/// comparison; zero entries are never stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionVector(BTreeMap<String, u64>);
+
+/// How two clocks relate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Causality {
+    /// The left clock happened before the right one.
+    Before,
+    /// The left clock happened after the right one.
+    After,
+    /// Same clock.
+    Equal,
+    /// Neither saw the other.
+    Concurrent,
+}
+
+impl VersionVector {
+    /// The empty clock (has seen nothing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a clock from (node, counter) pairs, keeping the maximum per node.
+    pub fn from_entries<I: IntoIterator<Item = (String, u64)>>(entries: I) -> Self {
+        let mut vv = Self::new();
+        for (node, counter) in entries {
+            vv.witness(&node, counter);
+        }
+        vv
+    }
+
+    /// The highest counter seen for `node` (0 if none).
+    pub fn get(&self, node: &str) -> u64 {
+        self.0.get(node).copied().unwrap_or(0)
+    }
+
+    /// Whether this clock has seen `dot`.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.get(&dot.node) >= dot.counter
+    }
+
+    /// Records that `counter` of `node` was seen.
+    pub fn witness(&mut self, node: &str, counter: u64) {
+        if counter == 0 {
+            return;
+        }
+        match self.0.get_mut(node) {
+            Some(c) => *c = (*c).max(counter),
+            None => {
+                self.0.insert(node.to_string(), counter);
+            }
+        }
+    }
+
+    /// Pointwise maximum with `other`.
+    pub fn join(&mut self, other: &VersionVector) {
+        for (node, &counter) in &other.0 {
+            self.witness(node, counter);
+        }
+    }
+
+    /// Whether this clock has seen everything `other` has.
+    pub fn descends(&self, other: &VersionVector) -> bool {
+        other.0.iter().all(|(node, &c)| self.get(node) >= c)
+    }
+
+    /// Compares two clocks.
+    pub fn compare(&self, other: &VersionVector) -> Causality {
+        match (self.descends(other), other.descends(self)) {
+            (true, true) => Causality::Equal,
+            (true, false) => Causality::After,
+            (false, true) => Causality::Before,
+            (false, false) => Causality::Concurrent,
+        }
+    }
+
+    /// The (node, counter) entries in canonical (node id) order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(n, &c)| (n.as_str(), c))
+    }
+
+    /// Whether the clock has seen nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Number of nodes in the clock.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl PartialOrd for VersionVector {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.compare(other) {
+            Causality::Before => Some(Ordering::Less),
+            Causality::After => Some(Ordering::Greater),
+            Causality::Equal => Some(Ordering::Equal),
+            Causality::Concurrent => None,
+        }
+    }
+}
+
+/// A causal context: a version vector plus isolated dots (a "dot cloud").
+///
+/// A plain vector clock entry `a: 24` claims every dot `a:1..=24`; a writer
+/// that saw only `a:24` (its own write, made with a stale context beside a
+/// concurrent `a:23`) must not claim `a:23`. The cloud holds such dots
+/// exactly; a dot joins the vector only when it is contiguous with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context {
+    vv: VersionVector,
+    cloud: Vec<Dot>,
+}
+
+impl Context {
+    /// The empty context.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A context of a plain vector and some dots, normalized.
+    pub fn from_parts(vv: VersionVector, cloud: impl IntoIterator<Item = Dot>) -> Self {
+        let mut ctx = Self {
+            vv,
+            cloud: Vec::new(),
+        };
+        for d in cloud {
+            ctx.add(d);
+        }
+        ctx
+    }
+
+    /// Whether this context has seen `dot`.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.vv.covers(dot) || self.cloud.binary_search(dot).is_ok()
+    }
+
+    /// The highest counter of `node` seen, in the vector or the cloud.
+    pub fn max_of(&self, node: &str) -> u64 {
+        let cloud = self
+            .cloud
+            .iter()
+            .filter(|d| d.node == node)
+            .map(|d| d.counter)
+            .max()
+            .unwrap_or(0);
+        self.vv.get(node).max(cloud)
+    }
+
+    /// Adds one seen dot.
+    pub fn add(&mut self, dot: Dot) {
+        if !self.covers(&dot) {
+            let at = self.cloud.binary_search(&dot).unwrap_err();
+            self.cloud.insert(at, dot);
+            self.compact();
+        }
+    }
+
+    /// Adds everything `other` has seen.
+    pub fn join(&mut self, other: &Context) {
+        self.vv.join(&other.vv);
+        for d in &other.cloud {
+            if !self.covers(d) {
+                let at = self.cloud.binary_search(d).unwrap_err();
+                self.cloud.insert(at, d.clone());
+            }
+        }
+        self.compact();
+    }
+
+    /// Moves cloud dots contiguous with the vector into it; drops covered ones.
+    fn compact(&mut self) {
+        loop {
+            let before = self.cloud.len();
+            let vv = &mut self.vv;
+            self.cloud.retain(|d| {
+                if vv.covers(d) {
+                    false
+                } else if vv.get(&d.node) + 1 == d.counter {
+                    vv.witness(&d.node, d.counter);
+                    false
+                } else {
+                    true
+                }
+            });
+            if self.cloud.len() == before {
+                break;
+            }
+        }
+    }
+
+    /// The vector part.
+    pub fn vector(&self) -> &VersionVector {
+        &self.vv
+    }
+
+    /// The isolated dots, sorted.
+    pub fn cloud(&self) -> &[Dot] {
+        &self.cloud
+    }
+
+    /// The per-node maximum, as a plain clock for display (it may claim
+    /// more than was seen; never use it for causality).
+    pub fn summary(&self) -> VersionVector {
+        let mut vv = self.vv.clone();
+        for d in &self.cloud {
+            vv.witness(&d.node, d.counter);
+        }
+        vv
+    }
+
+    /// Whether nothing was seen.
+    pub fn is_empty(&self) -> bool {
+        self.vv.is_empty() && self.cloud.is_empty()
+    }
+}
+
+/// One stored version of a key: its dot, what its writer had seen, and its
+/// payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version<T> {
+    /// Identity of the version.
+    pub dot: Dot,
+    /// Everything the writer had seen (not including `dot`).
+    pub context: Context,
+    /// The value and its metadata.
+    pub payload: T,
+}
+
+impl<T> Version<T> {
+    /// Whether `self` is strictly dominated by `other` (`other` saw `self`).
+    pub fn dominated_by(&self, other: &Version<T>) -> bool {
+        self.dot != other.dot && other.context.covers(&self.dot)
+    }
+
+    /// The version's whole causal history: its context plus its own dot.
+    pub fn history(&self) -> Context {
+        let mut h = self.context.clone();
+        h.add(self.dot.clone());
+        h
+    }
+}
+
+/// The concurrent versions of one key (a dotted version vector set).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Siblings<T> {
+    versions: Vec<Version<T>>,
+}
+
+impl<T> Default for Siblings<T> {
+    fn default() -> Self {
+        Self {
+            versions: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone> Siblings<T> {
+    /// No versions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a set from arbitrary versions, dropping dominated ones.
+    pub fn from_versions(versions: Vec<Version<T>>) -> Self {
+        Self {
+            versions: reconcile(versions),
+        }
+    }
+
+    /// The stored versions, in dot order.
+    pub fn values(&self) -> &[Version<T>] {
+        &self.versions
+    }
+
+    /// Number of versions (live or deleted).
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Whether no version is stored.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    /// The causal context of the whole set: the join of every version's
+    /// history. A write carrying this context supersedes every version here.
+    pub fn context(&self) -> Context {
+        let mut ctx = Context::new();
+        for v in &self.versions {
+            ctx.join(&v.context);
+            ctx.add(v.dot.clone());
+        }
+        ctx
+    }
+
+    /// The next dot `node` may use given `ctx`: above every counter of `node`
+    /// seen here or in the context, and above `floor` (the node's own
+    /// monotonic counter, which keeps dots unique even after a key was purged).
+    pub fn next_dot(&self, ctx: &Context, node: &str, floor: u64) -> Dot {
+        let seen = ctx.max_of(node).max(self.context().max_of(node));
+        Dot {
+            node: node.to_string(),
+            counter: seen.max(floor) + 1,
+        }
+    }
+
+    /// A new state where a version with `dot` and `payload` written with
+    /// context `ctx` replaces exactly the versions `ctx` has seen; versions it
+    /// has not seen stay as siblings. Does not modify `self`.
+    ///
+    /// `dot` must be fresh (see [`Siblings::next_dot`]).
+    pub fn update(&self, ctx: &Context, dot: Dot, payload: T) -> Self {
+        let mut versions: Vec<Version<T>> = self
+            .versions
+            .iter()
+            .filter(|v| !ctx.covers(&v.dot))
+            .cloned()
+            .collect();
+        versions.push(Version {
+            dot,
+            context: ctx.clone(),
+            payload,
+        });
+        versions.sort_by(|a, b| a.dot.cmp(&b.dot));
+        Self { versions }
+    }
+
+    /// Merges two replicas' sets: a version survives if both hold it, or if
+    /// the other side has never seen its dot. Commutative, associative and
+    /// idempotent (up to payloads of equal dots, which are equal by
+    /// construction).
+    pub fn sync(&self, other: &Self) -> Self {
+        let mine = self.context();
+        let theirs = other.context();
+        let has = |set: &Self, dot: &Dot| set.versions.iter().any(|v| &v.dot == dot);
+        let mut versions: Vec<Version<T>> = self
+            .versions
+            .iter()
+            .filter(|v| has(other, &v.dot) || !theirs.covers(&v.dot))
+            .cloned()
+            .collect();
+        versions.extend(
+            other
+                .versions
+                .iter()
+                .filter(|v| !has(self, &v.dot) && !mine.covers(&v.dot))
+                .cloned(),
+        );
+        Self::from_versions(versions)
+    }
+
+    /// Keeps only the versions for which `keep` is true (used to purge expired
+    /// values and old tombstones).
+    pub fn retain(&mut self, keep: impl FnMut(&Version<T>) -> bool) {
+        self.versions.retain(keep);
+    }
+}
+
+/// Drops every version that another version dominates and duplicates of one
+/// dot; keeps every concurrent one. Result is in dot order.
+pub fn reconcile<T: Clone>(mut versions: Vec<Version<T>>) -> Vec<Version<T>> {
+    versions.sort_by(|a, b| a.dot.cmp(&b.dot));
+    versions.dedup_by(|a, b| a.dot == b.dot);
+    let keep: Vec<bool> = versions
+        .iter()
+        .map(|v| !versions.iter().any(|o| v.dominated_by(o)))
+        .collect();
+    versions
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(v, k)| k.then_some(v))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
