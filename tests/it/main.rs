@@ -1,0 +1,9 @@
+//! All integration tests, built as one binary: real `dynakv` processes on
+//! 127.0.0.1 driven over HTTP.
+
+mod api;
+mod bad_input;
+mod durability;
+mod openapi;
+mod startup;
+mod support;

@@ -1,0 +1,130 @@
+//! Startup mistakes: one clear line on stderr and a non-zero exit.
+
+use crate::support::{start_error, Server};
+
+fn expect_failure(args: &[&str], needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = start_error(args, &dir.path().join("data"));
+    assert_ne!(code, 0, "{args:?} started");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: stderr {stderr:?} lacks {needle:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+}
+
+#[test]
+fn bad_flags_and_values() {
+    expect_failure(&["--no-such-flag"], "--no-such-flag");
+    expect_failure(&["--replicas", "0"], "--replicas");
+    expect_failure(&["--partitions", "0"], "--partitions");
+    expect_failure(&["--vnodes", "0"], "--vnodes");
+    expect_failure(&["--read-quorum", "0"], "--read-quorum");
+    expect_failure(&["--write-quorum", "x"], "--write-quorum");
+    expect_failure(
+        &["--replicas", "2", "--read-quorum", "3"],
+        "--read-quorum (3) must not exceed --replicas (2)",
+    );
+    expect_failure(
+        &[
+            "--replicas",
+            "1",
+            "--write-quorum",
+            "2",
+            "--read-quorum",
+            "1",
+        ],
+        "--write-quorum (2) must not exceed",
+    );
+    expect_failure(&["--listen", "not-an-address"], "--listen");
+    expect_failure(&["--advertise", "nope"], "--advertise");
+    expect_failure(&["--seeds", "http://ok:1,::bad"], "--seeds");
+    expect_failure(&["--node-id", "has space"], "--node-id");
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let (code, stderr) = start_error(&[], &file);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("is a file"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn an_unwritable_data_dir_is_refused() {
+    if unsafe { libc::geteuid() } == 0 {
+        // root writes anywhere; use a path under a file instead.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let (code, stderr) = start_error(&[], &dir.path().join("f").join("sub"));
+        assert_ne!(code, 0);
+        assert!(stderr.contains("not writable"), "{stderr}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o500)).unwrap();
+    let (code, stderr) = start_error(&[], &ro.join("data"));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("not writable"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_data_dir_in_use_is_refused_and_the_first_node_keeps_serving() {
+    let s = Server::start(&[]).await;
+    let (code, stderr) = start_error(&[], &s.data_dir());
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("locked by another running dynakv node"),
+        "{stderr}"
+    );
+    assert_eq!(
+        s.http.get(s.at("/health")).send().await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_data_dir_of_another_node_id_or_q_is_refused() {
+    let mut s = Server::start(&["--node-id", "first"]).await;
+    assert!(s.terminate().success());
+    let (code, stderr) = start_error(&["--node-id", "second"], &s.data_dir());
+    assert_ne!(code, 0);
+    assert!(stderr.contains("belongs to node \"first\""), "{stderr}");
+    let (code, stderr) = start_error(&["--partitions", "32"], &s.data_dir());
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--partitions 64"), "{stderr}");
+}
+
+#[tokio::test]
+async fn environment_variables_configure_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::support::free_port();
+    let mut child = std::process::Command::new(crate::support::binary())
+        .env("DYNAKV_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DYNAKV_DATA_DIR", dir.path().join("d"))
+        .env("DYNAKV_NODE_ID", "from-env")
+        .env("DYNAKV_PARTITIONS", "4")
+        .env("RUST_LOG", "off")
+        .spawn()
+        .unwrap();
+    let http = crate::support::client();
+    let ring = crate::support::eventually_opt(|| async {
+        let r = http
+            .get(format!("http://127.0.0.1:{port}/cluster/ring"))
+            .send()
+            .await
+            .ok()?;
+        r.json::<serde_json::Value>().await.ok()
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let ring = ring.expect("node started from environment");
+    assert_eq!(ring["partition_count"], 4);
+    assert_eq!(ring["partitions"][0]["preference_list"][0], "from-env");
+}

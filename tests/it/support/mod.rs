@@ -1,0 +1,253 @@
+//! Test support: real `dynakv` processes on 127.0.0.1 with their own data
+//! dirs, a blocking-free reqwest client, and `eventually` for polling with a
+//! generous deadline instead of sleeping.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Deadline for anything polled: generous, CI shares 2 cores with the build.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Path of the release-or-debug binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_dynakv")
+}
+
+/// A free port on 127.0.0.1 (bound and released; a race is possible but rare,
+/// and `Server::start` retries on a bind failure).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running node process.
+pub struct Server {
+    child: Option<Child>,
+    /// Base URL.
+    pub url: String,
+    port: u16,
+    dir: TempDir,
+    args: Vec<String>,
+    /// Client for this node.
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts a node with a fresh data dir and `args`; waits for `/health`.
+    pub async fn start(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            port: 0,
+            dir,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            http: client(),
+        };
+        s.boot().await;
+        s
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    async fn boot(&mut self) {
+        for _ in 0..5 {
+            if self.port == 0 {
+                self.port = free_port();
+            }
+            self.url = format!("http://127.0.0.1:{}", self.port);
+            let mut cmd = Command::new(binary());
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{}", self.port))
+                .arg("--data-dir")
+                .arg(self.data_dir())
+                .args(&self.args)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = cmd.spawn().unwrap();
+            let start = Instant::now();
+            let mut up = None;
+            while up.is_none() && start.elapsed() < DEADLINE {
+                if let Ok(Some(_)) = child.try_wait() {
+                    up = Some(false);
+                    break;
+                }
+                match self.http.get(format!("{}/health", self.url)).send().await {
+                    Ok(r) if r.status() == 200 => up = Some(true),
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            if up == Some(true) {
+                self.child = Some(child);
+                return;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            // Port taken meanwhile: try another.
+            self.port = 0;
+        }
+        panic!("dynakv did not start with {:?}", self.args);
+    }
+
+    /// `url` + `path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait()
+    }
+
+    /// SIGKILL: a crash, nothing flushed on the way out.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait();
+    }
+
+    /// Waits for the process to exit (with the deadline).
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < DEADLINE, "dynakv did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the process again on the same port and data dir.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.boot().await;
+    }
+
+    /// PUT a value; returns (status, X-Context).
+    pub async fn put(&self, key: &str, value: &str, ctx: Option<&str>) -> (u16, Option<String>) {
+        let mut req = self
+            .http
+            .put(self.at(&format!("/kv/{key}")))
+            .body(value.to_string());
+        if let Some(c) = ctx {
+            req = req.header("X-Context", c);
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), context_of(&r))
+    }
+
+    /// GET a key; returns (status, X-Context, body).
+    pub async fn get(&self, key: &str) -> (u16, Option<String>, String) {
+        let r = self
+            .http
+            .get(self.at(&format!("/kv/{key}")))
+            .send()
+            .await
+            .unwrap();
+        let ctx = context_of(&r);
+        (r.status().as_u16(), ctx, r.text().await.unwrap())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A client that never goes through a proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// The `X-Context` header of a response.
+pub fn context_of(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get("x-context")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+/// Polls `f` until it returns `Some`, or `None` at the deadline.
+pub async fn eventually_opt<T, F, Fut>(mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if start.elapsed() > DEADLINE {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls until `f` is true; panics with `what` at the deadline.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    if eventually_opt(|| {
+        let fut = f();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+    .is_none()
+    {
+        panic!("not within {DEADLINE:?}: {what}");
+    }
+}
+
+/// Runs the binary with `args` expecting it to fail at startup; returns
+/// (exit code, stderr).
+pub fn start_error(args: &[&str], data_dir: &Path) -> (i32, String) {
+    let mut cmd = Command::new(binary());
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()));
+    cmd.args(args).env("RUST_LOG", "off");
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
