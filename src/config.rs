@@ -22,11 +22,7 @@ pub enum LogFormat {
 
 /// Flags of the `dynakv` binary (SPEC §2).
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "dynakv",
-    version,
-    about = "A Dynamo-style key-value store over HTTP/JSON"
-)]
+#[command(name = "dynakv", version, about = "A Dynamo-style key-value store over HTTP/JSON")]
 pub struct Config {
     /// Unique, stable id of this node (default: generated on first start and
     /// persisted in the data dir).
@@ -145,22 +141,13 @@ impl Config {
     /// Checks what clap cannot: relations between flags and URL shapes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.read_quorum > self.replicas {
-            return Err(ConfigError::ReadQuorumTooLarge {
-                r: self.read_quorum,
-                n: self.replicas,
-            });
+            return Err(ConfigError::ReadQuorumTooLarge { r: self.read_quorum, n: self.replicas });
         }
         if self.write_quorum > self.replicas {
-            return Err(ConfigError::WriteQuorumTooLarge {
-                w: self.write_quorum,
-                n: self.replicas,
-            });
+            return Err(ConfigError::WriteQuorumTooLarge { w: self.write_quorum, n: self.replicas });
         }
         if self.suspect_after_ms >= self.dead_after_ms {
-            return Err(ConfigError::SuspectNotBeforeDead {
-                suspect: self.suspect_after_ms,
-                dead: self.dead_after_ms,
-            });
+            return Err(ConfigError::SuspectNotBeforeDead { suspect: self.suspect_after_ms, dead: self.dead_after_ms });
         }
         if let Some(id) = &self.node_id {
             if !valid_node_id(id) {
@@ -189,27 +176,17 @@ impl Config {
 
     /// Seeds with trailing slashes removed and empty entries dropped.
     pub fn seed_urls(&self) -> Vec<String> {
-        self.seeds
-            .iter()
-            .map(|s| s.trim().trim_end_matches('/').to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
+        self.seeds.iter().map(|s| s.trim().trim_end_matches('/').to_string()).filter(|s| !s.is_empty()).collect()
     }
 }
 
 /// Whether `id` is a usable node id: 1..=64 of `[A-Za-z0-9._-]`.
 pub fn valid_node_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn check_url(flag: &'static str, url: &str) -> Result<(), ConfigError> {
-    let bad = || ConfigError::BadUrl {
-        flag,
-        url: url.to_string(),
-    };
+    let bad = || ConfigError::BadUrl { flag, url: url.to_string() };
     let trimmed = url.trim();
     if trimmed.is_empty() {
         // `--seeds ""` is how an environment says "no seeds".
@@ -246,63 +223,26 @@ mod tests {
 
     #[test]
     fn zero_counts_are_usage_errors() {
-        for flag in [
-            "--replicas",
-            "--read-quorum",
-            "--write-quorum",
-            "--partitions",
-            "--vnodes",
-        ] {
+        for flag in ["--replicas", "--read-quorum", "--write-quorum", "--partitions", "--vnodes"] {
             assert!(parse(&[flag, "0"]).is_err(), "{flag} 0 accepted");
         }
     }
 
     #[test]
     fn quorum_above_n_is_refused() {
-        let c = parse(&[
-            "--replicas",
-            "2",
-            "--read-quorum",
-            "3",
-            "--write-quorum",
-            "1",
-        ])
-        .unwrap();
-        assert_eq!(
-            c.validate(),
-            Err(ConfigError::ReadQuorumTooLarge { r: 3, n: 2 })
-        );
-        let c = parse(&[
-            "--replicas",
-            "2",
-            "--read-quorum",
-            "1",
-            "--write-quorum",
-            "3",
-        ])
-        .unwrap();
-        assert_eq!(
-            c.validate(),
-            Err(ConfigError::WriteQuorumTooLarge { w: 3, n: 2 })
-        );
+        let c = parse(&["--replicas", "2", "--read-quorum", "3", "--write-quorum", "1"]).unwrap();
+        assert_eq!(c.validate(), Err(ConfigError::ReadQuorumTooLarge { r: 3, n: 2 }));
+        let c = parse(&["--replicas", "2", "--read-quorum", "1", "--write-quorum", "3"]).unwrap();
+        assert_eq!(c.validate(), Err(ConfigError::WriteQuorumTooLarge { w: 3, n: 2 }));
     }
 
     #[test]
     fn urls_and_ids_are_checked() {
-        assert!(parse(&["--seeds", "http://a:1,http://b:2"])
-            .unwrap()
-            .validate()
-            .is_ok());
+        assert!(parse(&["--seeds", "http://a:1,http://b:2"]).unwrap().validate().is_ok());
         assert!(parse(&["--seeds", "a:1"]).unwrap().validate().is_err());
-        assert!(parse(&["--advertise", "not a url"])
-            .unwrap()
-            .validate()
-            .is_err());
+        assert!(parse(&["--advertise", "not a url"]).unwrap().validate().is_err());
         assert!(parse(&["--node-id", "a b"]).unwrap().validate().is_err());
-        assert!(parse(&["--node-id", "node-1.a_b"])
-            .unwrap()
-            .validate()
-            .is_ok());
+        assert!(parse(&["--node-id", "node-1.a_b"]).unwrap().validate().is_ok());
         assert!(parse(&["--listen", "nowhere"]).is_err());
     }
 

@@ -22,9 +22,11 @@
 pub mod api;
 pub mod config;
 pub mod coordinator;
+pub mod handoff;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod peer;
 pub mod reaper;
 pub mod ring;
 pub mod storage;

@@ -3,9 +3,9 @@
 //! Labels stay bounded: the HTTP route is the matched template
 //! (`/kv/{key}`), never the key itself.
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The node's metrics.
@@ -23,65 +23,92 @@ pub struct Metrics {
     pub sibling_refusals: IntCounter,
     /// `dynakv_heartbeat`: this node's own heartbeat counter.
     pub heartbeat: IntGauge,
+    /// `dynakv_gossip_rounds_total`.
+    pub gossip_rounds: IntCounter,
+    /// `dynakv_members{status}`: members by status, as this node sees them.
+    pub members: IntGaugeVec,
+    /// `dynakv_forwarded_requests_total`: client requests sent on to a replica.
+    pub forwarded: IntCounter,
+    /// `dynakv_quorum_failures_total{op}`: reads and writes answered 503.
+    pub quorum_failures: IntCounterVec,
+    /// `dynakv_read_repairs_total`: replicas sent a merged state after a read.
+    pub read_repairs: IntCounter,
+    /// `dynakv_hints_stored_total`: hints accepted by this node as a stand-in.
+    pub hints_stored: IntCounter,
+    /// `dynakv_hints_delivered_total`: hints handed back to their owner.
+    pub hints_delivered: IntCounter,
+    /// `dynakv_hints_pending`: hints waiting for their owner.
+    pub hints_pending: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry.register(Box::new(c.clone())).expect("unique metric names");
+    c
 }
 
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "dynakv_http_requests_total",
-                "HTTP requests served, by route template, method and status",
-            ),
-            &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "dynakv_http_request_duration_seconds",
-                "HTTP request latency",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0,
-            ]),
-            &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        let expired_purged =
-            IntCounter::new("dynakv_expired_purged_total", "Expired values purged")
-                .expect("valid metric");
-        let tombstones_purged = IntCounter::new(
-            "dynakv_tombstones_purged_total",
-            "Tombstones purged after their grace period",
-        )
-        .expect("valid metric");
-        let sibling_refusals = IntCounter::new(
-            "dynakv_sibling_refusals_total",
-            "Client writes refused by --max-siblings",
-        )
-        .expect("valid metric");
-        let heartbeat = IntGauge::new("dynakv_heartbeat", "This node's heartbeat counter")
-            .expect("valid metric");
-        for c in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_duration.clone()),
-            Box::new(expired_purged.clone()),
-            Box::new(tombstones_purged.clone()),
-            Box::new(sibling_refusals.clone()),
-            Box::new(heartbeat.clone()),
-        ] {
-            registry.register(c).expect("unique metric names");
-        }
+        let r = Registry::new();
+        let labels = &["route", "method", "status"];
+        let buckets =
+            vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
         Self {
-            registry,
-            http_requests,
-            http_duration,
-            expired_purged,
-            tombstones_purged,
-            sibling_refusals,
-            heartbeat,
+            http_requests: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "dynakv_http_requests_total",
+                        "HTTP requests served, by route template, method and status",
+                    ),
+                    labels,
+                )
+                .expect("valid metric"),
+            ),
+            http_duration: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("dynakv_http_request_duration_seconds", "HTTP request latency").buckets(buckets),
+                    labels,
+                )
+                .expect("valid metric"),
+            ),
+            expired_purged: counter(&r, "dynakv_expired_purged_total", "Expired values purged"),
+            tombstones_purged: counter(
+                &r,
+                "dynakv_tombstones_purged_total",
+                "Tombstones purged after their grace period",
+            ),
+            sibling_refusals: counter(&r, "dynakv_sibling_refusals_total", "Client writes refused by --max-siblings"),
+            heartbeat: gauge(&r, "dynakv_heartbeat", "This node's heartbeat counter"),
+            gossip_rounds: counter(&r, "dynakv_gossip_rounds_total", "Gossip rounds run"),
+            members: register(
+                &r,
+                IntGaugeVec::new(Opts::new("dynakv_members", "Members by status, as this node sees them"), &["status"])
+                    .expect("valid metric"),
+            ),
+            forwarded: counter(&r, "dynakv_forwarded_requests_total", "Client requests forwarded to a replica"),
+            quorum_failures: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("dynakv_quorum_failures_total", "Requests answered 503 quorum_not_met"),
+                    &["op"],
+                )
+                .expect("valid metric"),
+            ),
+            read_repairs: counter(&r, "dynakv_read_repairs_total", "Replicas repaired after a read"),
+            hints_stored: counter(&r, "dynakv_hints_stored_total", "Hints stored as a stand-in"),
+            hints_delivered: counter(&r, "dynakv_hints_delivered_total", "Hints delivered to their owner"),
+            hints_pending: gauge(&r, "dynakv_hints_pending", "Hints waiting for their owner"),
+            registry: r,
         }
     }
 
@@ -90,17 +117,13 @@ impl Metrics {
         let status = status.to_string();
         let labels = [route, method, status.as_str()];
         self.http_requests.with_label_values(&labels).inc();
-        self.http_duration
-            .with_label_values(&labels)
-            .observe(seconds);
+        self.http_duration.with_label_values(&labels).observe(seconds);
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding to a Vec");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding to a Vec");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

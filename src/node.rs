@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::membership::{Table, Timeouts};
+use crate::membership::{Digest, Status, Table, Timeouts};
 use crate::metrics::Metrics;
+use crate::peer::Peers;
 use crate::ring::Ring;
 use crate::storage::{Storage, StorageError, StorageOptions};
 
@@ -46,6 +47,8 @@ pub struct Node {
     pub members: Mutex<Table>,
     /// Cancelled by `POST /cluster/leave`: the node hands off and stops.
     pub leave: CancellationToken,
+    /// The pooled client for node-to-node calls.
+    pub peers: Peers,
     ring: watch::Sender<Arc<Ring>>,
 }
 
@@ -60,10 +63,7 @@ pub enum StartError {
     Storage(#[from] StorageError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
@@ -81,22 +81,20 @@ impl Node {
                 tombstone_grace_ms: cfg.tombstone_grace_ms,
             },
         )?;
-        let id = storage.node_id(&cfg.data_dir, cfg.node_id.as_deref(), || {
-            format!("node-{:08x}", rand::random::<u32>())
-        })?;
+        let id =
+            storage.node_id(&cfg.data_dir, cfg.node_id.as_deref(), || format!("node-{:08x}", rand::random::<u32>()))?;
         let address = cfg.advertise_url();
         // Start above every heartbeat the previous run could have gossiped.
         let start = storage.heartbeat_reserved()?;
         storage.reserve_heartbeat(start + HEARTBEAT_RESERVE)?;
-        let table = Table::new(&id, &address, start, SystemTime::now());
-        let ring = Ring::new(
-            &table.ring_members(),
-            cfg.partitions,
-            cfg.vnodes,
-            cfg.replicas,
-        );
+        let mut table = Table::new(&id, &address, start, SystemTime::now());
+        // Start from the ring last known (SPEC §4): never act alone just
+        // because gossip has not been heard yet.
+        table.restore(&storage.members()?, SystemTime::now());
+        let ring = Ring::new(&table.ring_members(), cfg.partitions, cfg.vnodes, cfg.replicas);
         let (ring, _) = watch::channel(Arc::new(ring));
-        Ok(Arc::new(Self {
+        let peers = Peers::new(Duration::from_millis(cfg.request_timeout_ms), cfg.cluster_secret.clone());
+        let node = Self {
             cfg,
             id,
             address,
@@ -104,8 +102,11 @@ impl Node {
             metrics: Metrics::new(),
             members: Mutex::new(table),
             leave: CancellationToken::new(),
+            peers,
             ring,
-        }))
+        };
+        node.publish_members();
+        Ok(Arc::new(node))
     }
 
     /// The current ring (an immutable snapshot).
@@ -121,18 +122,67 @@ impl Node {
         }
     }
 
-    /// One heartbeat: bump our counter, reserve more on disk when needed.
-    fn heartbeat(&self) -> Result<(), StorageError> {
-        let hb = {
+    /// One heartbeat: bump our counter, re-derive statuses, reserve more
+    /// heartbeats on disk when needed.
+    pub fn heartbeat(&self) -> Result<(), StorageError> {
+        let (hb, changed) = {
             let mut t = self.members.lock().expect("members lock");
-            t.refresh(SystemTime::now(), self.timeouts());
-            t.bump(SystemTime::now())
+            let changed = t.refresh(SystemTime::now(), self.timeouts());
+            (t.bump(SystemTime::now()), changed)
         };
         self.metrics.heartbeat.set(hb as i64);
+        if changed {
+            self.publish_members();
+        }
         if hb >= self.storage.heartbeat_reserved()? {
             self.storage.reserve_heartbeat(hb + HEARTBEAT_RESERVE)?;
         }
         Ok(())
+    }
+
+    /// Applies digests heard by gossip.
+    pub fn apply_gossip(&self, digests: &[Digest]) {
+        let changed = self.members.lock().expect("members lock").merge(digests, SystemTime::now());
+        if changed {
+            self.publish_members();
+            let digests = self.members.lock().expect("members lock").digests();
+            if let Err(e) = self.storage.save_members(&digests) {
+                tracing::warn!(error = %e, "membership not persisted");
+            }
+        }
+    }
+
+    /// Rebuilds the ring if its member set changed, and updates the member
+    /// gauges.
+    pub fn publish_members(&self) {
+        let (ring_members, counts) = {
+            let t = self.members.lock().expect("members lock");
+            let mut counts = [0i64; 4];
+            for m in t.members() {
+                counts[m.status as usize] += 1;
+            }
+            (t.ring_members(), counts)
+        };
+        for (status, n) in ["alive", "suspect", "dead", "left"].iter().zip(counts) {
+            self.metrics.members.with_label_values(&[status]).set(n);
+        }
+        if self.ring.borrow().nodes() != ring_members.as_slice() {
+            let ring = Ring::new(&ring_members, self.cfg.partitions, self.cfg.vnodes, self.cfg.replicas);
+            tracing::info!(members = ?ring_members, "ring changed");
+            self.ring.send_replace(Arc::new(ring));
+        }
+    }
+
+    /// Base URL and status of member `id`.
+    pub fn member(&self, id: &str) -> Option<(String, Status)> {
+        self.members.lock().expect("members lock").get(id).map(|m| (m.address.clone(), m.status))
+    }
+
+    /// The ring over every member that has not left, dead ones included:
+    /// whose replicas must all hold a tombstone before it is purged.
+    pub fn ring_not_left(&self) -> Ring {
+        let ids = self.members.lock().expect("members lock").not_left();
+        Ring::new(&ids, self.cfg.partitions, self.cfg.vnodes, self.cfg.replicas)
     }
 }
 
@@ -159,8 +209,7 @@ pub async fn run(
         stop_serving.cancel();
     });
     let graceful = stop.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { graceful.cancelled().await });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
     tracing::info!(node_id = %node.id, address = %node.address, "dynakv serving");
     let served = tokio::spawn(async move { server.await });
     stop.cancelled().await;
@@ -168,13 +217,15 @@ pub async fn run(
     match tokio::time::timeout(DRAIN_TIMEOUT, served).await {
         Ok(Ok(Err(e))) => return Err(StartError::Serve(e)),
         Ok(_) => {}
-        Err(_) => tracing::warn!(
-            "in-flight requests still running after {DRAIN_TIMEOUT:?}; closing anyway"
-        ),
+        Err(_) => tracing::warn!("in-flight requests still running after {DRAIN_TIMEOUT:?}; closing anyway"),
     }
     cancel.cancel();
     tasks.close();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await;
+    // After the loops stopped, so no heartbeat revives us as alive.
+    if node.leave.is_cancelled() {
+        crate::handoff::leave(&node).await;
+    }
     node.storage.flush().await?;
     tracing::info!("stopped; data flushed");
     Ok(())
@@ -184,21 +235,10 @@ pub async fn run(
 fn spawn_loops(node: &Arc<Node>, cancel: &CancellationToken, tasks: &TaskTracker) {
     let n = node.clone();
     let c = cancel.child_token();
-    let every = Duration::from_millis(node.cfg.gossip_interval_ms);
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = c.cancelled() => break,
-                _ = tick.tick() => {
-                    if let Err(e) = n.heartbeat() {
-                        tracing::warn!(error = %e, "heartbeat not persisted");
-                    }
-                }
-            }
-        }
-    });
+    tasks.spawn(async move { crate::membership::gossip::run(n, c).await });
+    let n = node.clone();
+    let c = cancel.child_token();
+    tasks.spawn(async move { crate::handoff::run(n, c).await });
     let n = node.clone();
     let c = cancel.child_token();
     tasks.spawn(async move { crate::reaper::run(n, c).await });

@@ -7,8 +7,9 @@
 //!
 //! A tombstone is purged only when every version of its key is a tombstone
 //! (or expired) past `--tombstone-grace-ms` and every replica of its key holds
-//! it (SPEC §3). With this node as the key's only replica that is immediate;
-//! with peers the entry waits until they can be asked.
+//! it (SPEC §3): the preference list over every member that has not left,
+//! dead ones included, so an unreachable replica postpones the purge (the
+//! index entry is deferred and retried) and can never bring the key back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::now_ms;
 use crate::node::Node;
+use crate::ring::Ring;
 use crate::storage::{Record, StorageError};
 
 /// Pause between rounds.
@@ -32,11 +34,8 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {
-                let n = node.clone();
-                match tokio::task::spawn_blocking(move || round(&n, now_ms())).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "reaper round failed"),
-                    Err(e) => tracing::error!(error = %e, "reaper round panicked"),
+                if let Err(e) = round(&node, now_ms()).await {
+                    tracing::warn!(error = %e, "reaper round failed");
                 }
             }
         }
@@ -44,7 +43,7 @@ pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
 }
 
 /// One round at `now`: returns (expired values purged, tombstones purged).
-pub fn round(node: &Node, now: u64) -> Result<(u64, u64), StorageError> {
+pub async fn round(node: &Node, now: u64) -> Result<(u64, u64), StorageError> {
     let storage = &node.storage;
     let mut expired = 0;
     for due in storage.due(false, now, BATCH)? {
@@ -63,30 +62,60 @@ pub fn round(node: &Node, now: u64) -> Result<(u64, u64), StorageError> {
     node.metrics.expired_purged.inc_by(expired);
 
     let grace = node.cfg.tombstone_grace_ms;
+    let retry = now + grace.clamp(250, 5_000);
+    let due = storage.due(true, now, BATCH)?;
+    let ring = if due.is_empty() { None } else { Some(node.ring_not_left()) };
     let mut purged = 0;
-    for due in storage.due(true, now, BATCH)? {
-        let sole_replica = {
-            let ring = node.ring();
-            ring.preference_list(due.partition) == [node.id.as_str()]
+    for due in due {
+        let ring = ring.as_ref().expect("built when anything is due");
+        let Some(local) = storage.get(due.partition, &due.key)? else {
+            storage.done(true, &due)?;
+            continue;
         };
-        if sole_replica {
-            let gone = storage.update(due.partition, &due.key, |cur| match cur {
-                Some(rec) if purgeable(&rec, now, grace) => Ok::<_, ()>((None, 1u64)),
-                other => Ok((other, 0)),
-            })?;
-            purged += gone.unwrap_or(0);
+        if !purgeable(&local, now, grace) {
+            // Written again since; a newer tombstone brings its own entry.
+            storage.done(true, &due)?;
+            continue;
         }
+        if !every_replica_holds(node, ring, due.partition, &due.key, &local).await {
+            storage.defer(true, &due, retry)?;
+            continue;
+        }
+        let gone = storage.update(due.partition, &due.key, |cur| match cur {
+            Some(rec) if rec == local => Ok::<_, ()>((None, 1u64)),
+            other => Ok((other, 0)),
+        })?;
+        purged += gone.unwrap_or(0);
         storage.done(true, &due)?;
     }
     node.metrics.tombstones_purged.inc_by(purged);
     Ok((expired, purged))
 }
 
+/// Whether every other replica of the key (in `ring`) answers and holds each
+/// of `local`'s versions.
+async fn every_replica_holds(node: &Node, ring: &Ring, partition: u32, key: &[u8], local: &Record) -> bool {
+    for id in ring.preference_list(partition) {
+        if id == node.id {
+            continue;
+        }
+        let Some((addr, _)) = node.member(id) else { return false };
+        match node.peers.read(&addr, key).await {
+            Ok(Some(theirs)) => {
+                if !local.values().iter().all(|v| theirs.values().iter().any(|t| t.dot == v.dot)) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Whether a record holds nothing but tombstones past their grace period (or
 /// expired values).
 pub fn purgeable(rec: &Record, now: u64, grace_ms: u64) -> bool {
     rec.values().iter().all(|v| {
-        v.payload.expired(now)
-            || (v.payload.deleted && v.payload.timestamp_ms.saturating_add(grace_ms) <= now)
+        v.payload.expired(now) || (v.payload.deleted && v.payload.timestamp_ms.saturating_add(grace_ms) <= now)
     })
 }

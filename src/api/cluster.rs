@@ -22,14 +22,7 @@ pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        node.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics.render()).into_response()
 }
 
 /// `GET /cluster/members`.
@@ -76,19 +69,28 @@ pub async fn replicas(
     let ring = node.ring();
     let partition = ring.partition_of(key.as_bytes());
     let list = ring.preference_list(partition);
-    let mut replicas = Vec::with_capacity(list.len());
-    for id in &list {
-        let entry = if *id == node.id {
-            let record = node
-                .storage
-                .get(partition, key.as_bytes())
-                .map_err(crate::coordinator::CoordError::from)?;
-            json!({ "node": id, "reachable": true, "versions": versions_json(&record.unwrap_or_default()) })
-        } else {
-            json!({ "node": id, "reachable": false, "versions": [] })
-        };
-        replicas.push(entry);
-    }
+    let asks = list.iter().map(|id| {
+        let node = node.clone();
+        let key = key.clone();
+        let id = id.to_string();
+        async move {
+            let stored = if id == node.id {
+                node.storage.get(partition, key.as_bytes()).ok()
+            } else {
+                match node.member(&id) {
+                    Some((addr, _)) => node.peers.read(&addr, key.as_bytes()).await.ok(),
+                    None => None,
+                }
+            };
+            match stored {
+                Some(record) => {
+                    json!({ "node": id, "reachable": true, "versions": versions_json(&record.unwrap_or_default()) })
+                }
+                None => json!({ "node": id, "reachable": false, "versions": [] }),
+            }
+        }
+    });
+    let replicas = futures_util::future::join_all(asks).await;
     Ok(Json(json!({
         "key": key,
         "partition": partition,
@@ -114,9 +116,5 @@ pub fn versions_json(record: &Record) -> Vec<Value> {
 pub async fn leave(State(node): State<Arc<Node>>) -> Response {
     tracing::info!("leave requested");
     node.leave.cancel();
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "status": "leaving", "node_id": node.id })),
-    )
-        .into_response()
+    (StatusCode::ACCEPTED, Json(json!({ "status": "leaving", "node_id": node.id }))).into_response()
 }

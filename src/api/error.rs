@@ -45,6 +45,15 @@ pub enum ApiError {
     /// Route exists, method does not.
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
+    /// Internal route without the cluster secret.
+    #[error("missing or wrong cluster secret")]
+    Unauthorized,
+    /// Internal route body that does not decode.
+    #[error("{0}")]
+    InvalidBody(String),
+    /// This stand-in keeps no more hints.
+    #[error("hint backlog full")]
+    HintBacklogFull,
     /// Coordinator refused or failed.
     #[error(transparent)]
     Coord(#[from] CoordError),
@@ -62,18 +71,15 @@ impl ApiError {
             ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             ApiError::InvalidContext(_) => (StatusCode::BAD_REQUEST, "invalid_context"),
             ApiError::InvalidContentType => (StatusCode::BAD_REQUEST, "invalid_content_type"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            ApiError::HintBacklogFull => (StatusCode::SERVICE_UNAVAILABLE, "hint_backlog_full"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Coord(CoordError::TooManySiblings { .. }) => {
-                (StatusCode::CONFLICT, "too_many_siblings")
-            }
-            ApiError::Coord(CoordError::QuorumNotMet { .. }) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met")
-            }
-            ApiError::Coord(CoordError::Storage(_)) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")
-            }
+            ApiError::Coord(CoordError::TooManySiblings { .. }) => (StatusCode::CONFLICT, "too_many_siblings"),
+            ApiError::Coord(CoordError::QuorumNotMet { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met"),
+            ApiError::Coord(CoordError::Storage(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         }
     }
 }
@@ -84,11 +90,7 @@ impl IntoResponse for ApiError {
         let mut body = json!({ "error": self.to_string(), "code": code });
         let mut context = None;
         match &self {
-            ApiError::Coord(CoordError::QuorumNotMet {
-                needed,
-                acked,
-                context: ctx,
-            }) => {
+            ApiError::Coord(CoordError::QuorumNotMet { needed, acked, context: ctx }) => {
                 body["needed"] = json!(needed);
                 body["acked"] = json!(acked);
                 context = ctx.clone();

@@ -20,27 +20,19 @@ pub const MAX_TTL_SECS: u64 = 3_153_600_000;
 
 /// The percent-decoded key, checked against `--max-key-bytes`.
 pub fn key(node: &Node, path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(key) = path.map_err(|e| {
-        ApiError::InvalidKey(format!("key is not valid percent-encoded UTF-8: {e}"))
-    })?;
+    let Path(key) = path.map_err(|e| ApiError::InvalidKey(format!("key is not valid percent-encoded UTF-8: {e}")))?;
     if key.is_empty() {
         return Err(ApiError::InvalidKey("key must not be empty".into()));
     }
     if key.len() as u64 > node.cfg.max_key_bytes {
-        return Err(ApiError::KeyTooLarge {
-            len: key.len(),
-            limit: node.cfg.max_key_bytes,
-        });
+        return Err(ApiError::KeyTooLarge { len: key.len(), limit: node.cfg.max_key_bytes });
     }
     Ok(key)
 }
 
 /// The query parameters.
-pub fn query(
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<HashMap<String, String>, ApiError> {
-    q.map(|Query(m)| m)
-        .map_err(|e| ApiError::InvalidQuery(e.body_text()))
+pub fn query(q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(m)| m).map_err(|e| ApiError::InvalidQuery(e.body_text()))
 }
 
 /// `r` (`writes = false`) or `w` (`writes = true`), or the configured default.
@@ -50,11 +42,7 @@ pub fn level(node: &Node, q: &HashMap<String, String>, writes: bool) -> Result<L
     match q.get(param) {
         Some(v) => Ok(Level::parse(v, writes, n)?),
         None => {
-            let default = if writes {
-                node.cfg.write_quorum
-            } else {
-                node.cfg.read_quorum
-            };
+            let default = if writes { node.cfg.write_quorum } else { node.cfg.read_quorum };
             Ok(Level::Count(default.min(n as u32).max(1)))
         }
     }
@@ -76,9 +64,7 @@ pub fn context(headers: &HeaderMap) -> Result<Option<Context>, ApiError> {
     let Some(raw) = headers.get(X_CONTEXT) else {
         return Ok(None);
     };
-    let s = raw
-        .to_str()
-        .map_err(|_| ApiError::InvalidContext(token::ContextError::Malformed))?;
+    let s = raw.to_str().map_err(|_| ApiError::InvalidContext(token::ContextError::Malformed))?;
     if s.trim().is_empty() {
         return Ok(None);
     }
@@ -102,13 +88,8 @@ pub fn body(node: &Node, body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
     match body {
         Ok(b) if b.len() as u64 > limit => Err(ApiError::ValueTooLarge { limit }),
         Ok(b) => Ok(b),
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ApiError::ValueTooLarge { limit })
-        }
-        Err(e) => Err(ApiError::InvalidQuery(format!(
-            "request body could not be read: {}",
-            e.body_text()
-        ))),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::ValueTooLarge { limit }),
+        Err(e) => Err(ApiError::InvalidQuery(format!("request body could not be read: {}", e.body_text()))),
     }
 }
 
@@ -118,8 +99,5 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|part| part.trim().starts_with("application/json"))
-        })
+        .any(|v| v.split(',').any(|part| part.trim().starts_with("application/json")))
 }

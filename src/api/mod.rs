@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod error;
 pub mod extract;
+pub mod internal;
 pub mod kv;
 
 use std::sync::Arc;
@@ -45,10 +46,21 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 pub fn router(node: Arc<Node>) -> Router {
     // Leave room above the value limit so an over-limit body is read far
     // enough to be answered with our own 413, and never buffered unbounded.
-    let body_limit = usize::try_from(node.cfg.max_value_bytes)
-        .unwrap_or(usize::MAX)
-        .saturating_add(1);
-    Router::new()
+    let body_limit = usize::try_from(node.cfg.max_value_bytes).unwrap_or(usize::MAX).saturating_add(1);
+    // Replica bodies carry whole sibling sets: allow every sibling at full size.
+    let internal_limit = usize::try_from(
+        node.cfg.max_value_bytes.saturating_mul(u64::from(node.cfg.max_siblings) + 1).saturating_add(1 << 20),
+    )
+    .unwrap_or(usize::MAX)
+    .min(1 << 30);
+    let internal = Router::new()
+        .route(crate::peer::GOSSIP_PATH, post(internal::gossip))
+        .route(crate::peer::READ_PATH, post(internal::replica_read))
+        .route(crate::peer::WRITE_PATH, post(internal::replica_write))
+        .route(crate::peer::HINT_PATH, post(internal::hint))
+        .layer(DefaultBodyLimit::max(internal_limit))
+        .layer(middleware::from_fn_with_state(node.clone(), internal::require_secret));
+    let public = Router::new()
         .route("/kv/{key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/health", get(cluster::health))
         .route("/metrics", get(cluster::metrics))
@@ -56,8 +68,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/cluster/ring", get(cluster::ring))
         .route("/cluster/replicas/{key}", get(cluster::replicas))
         .route("/cluster/leave", post(cluster::leave))
+        .layer(DefaultBodyLimit::max(body_limit));
+    public
+        .merge(internal)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .layer(TraceLayer::new_for_http())
         .with_state(node)
@@ -86,20 +100,13 @@ async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Res
         _ => "OTHER",
     };
     let mut resp = next.run(req).await;
-    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
-        && !resp.headers().contains_key(header::CONTENT_TYPE)
-    {
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !resp.headers().contains_key(header::CONTENT_TYPE) {
         let allow = resp.headers().get(header::ALLOW).cloned();
         resp = ApiError::MethodNotAllowed(method.to_string()).into_response();
         if let Some(allow) = allow {
             resp.headers_mut().insert(header::ALLOW, allow);
         }
     }
-    node.metrics.observe_http(
-        &route,
-        method_label,
-        resp.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
+    node.metrics.observe_http(&route, method_label, resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
 }

@@ -1,19 +1,33 @@
 //! Coordination of client reads and writes (SPEC §3, §4).
 //!
-//! The coordinator turns a client request into replica operations. A write
-//! computes the new version on this node (a fresh dot from this node's
-//! counter, superseding what the context saw), checks the sibling cap against
-//! the merged state, stores it, and waits until the requested W replicas hold
-//! it. A read gathers R replicas' records, merges them with
-//! [`Siblings::sync`](crate::version::Siblings::sync), and hides expired values.
+//! A write is computed on the coordinator: a fresh dot from this node's
+//! counter supersedes what the context saw, the sibling cap is checked
+//! against the coordinator's merged state, and the result is stored locally.
+//! The coordinator's whole sibling set for the key then goes to the other
+//! nodes of the preference list in parallel; each merges it with `sync`. A
+//! node that is suspect or does not answer is replaced by the next healthy
+//! node clockwise, which keeps the write as a hint for it (sloppy quorum). The
+//! client gets its answer once W nodes acked; the rest finish in the
+//! background.
 //!
-//! With one member the preference list is this node alone, so R and W are
-//! capped to 1 (SPEC §2) and every operation is local.
+//! A read asks every node of the preference list in parallel, answers once R
+//! replied, merges the replies (dominated versions dropped, siblings kept) and
+//! hides expired values. When all replies are in (or the timeout passed), every
+//! replica whose state differs from the merge gets the merge (read repair).
+//!
+//! N, R and W are capped by the ring's member count and never lowered because
+//! members are down (SPEC §2).
 
 pub mod quorum;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::membership::Status;
 use crate::node::Node;
 use crate::storage::{Content, Record, StorageError};
 use crate::version::Context;
@@ -27,12 +41,8 @@ pub enum CoordError {
     #[error("the write would leave {would} versions of this key, more than --max-siblings ({limit}); read the key and write with its X-Context to resolve them")]
     TooManySiblings { limit: usize, would: usize },
     /// Too few replicas answered.
-    #[error("only {acked} of the {needed} required replicas answered")]
-    QuorumNotMet {
-        needed: usize,
-        acked: usize,
-        context: Option<Context>,
-    },
+    #[error("only {acked} of the {needed} required replicas answered; the write, if any, stays where it landed and spreads from there")]
+    QuorumNotMet { needed: usize, acked: usize, context: Option<Context> },
     /// Local storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -62,33 +72,56 @@ pub struct ReadResult {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Coordinates a client write; returns the new version's clock, which is the
-/// context the client gets back.
-pub async fn write(node: &Node, w: Write) -> Result<Context, CoordError> {
-    let partition = node.ring().partition_of(&w.key);
+/// Where a write for one preference-list node ended up.
+enum Ack {
+    /// The node itself (or this coordinator) stored it.
+    Stored,
+    /// A stand-in keeps it as a hint.
+    Hinted,
+    /// Neither the node nor any stand-in took it.
+    Failed,
+}
+
+/// Coordinates a client write; returns the new version's context (what the
+/// client gets back in `X-Context`).
+pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
+    let ring = node.ring();
+    let partition = ring.partition_of(&w.key);
+    let pref: Vec<String> = ring.preference_list(partition).into_iter().map(str::to_string).collect();
+    let needed = w.level.required(pref.len());
+    let me_in_pref = pref.iter().any(|id| *id == node.id);
     let floor = node.storage.next_counter()?;
     let limit = node.cfg.max_siblings as usize;
     let me = node.id.as_str();
-    let result = node.storage.update(partition, &w.key, |current| {
+
+    let compute = |current: Option<Record>| {
         let current = current.unwrap_or_default();
         let (next, clock) = new_version(&current, w.context.as_ref(), me, floor, w.content.clone());
         // A write that leaves fewer versions than before is never refused.
         if next.len() > limit && next.len() >= current.len() {
-            return Err(CoordError::TooManySiblings {
-                limit,
-                would: next.len(),
-            });
+            return Err(CoordError::TooManySiblings { limit, would: next.len() });
         }
         Ok((Some(next), clock))
-    })?;
-    let clock = match result {
-        Ok(clock) => clock,
+    };
+    let outcome = if me_in_pref {
+        // Store, and read back what was stored: the state to replicate.
+        let mut stored = None;
+        let r = node.storage.update(partition, &w.key, |cur| {
+            let (next, clock) = compute(cur)?;
+            stored = next.clone();
+            Ok((next, clock))
+        })?;
+        r.map(|clock| (stored.unwrap_or_default(), clock))
+    } else {
+        // Every replica was unreachable for forwarding: coordinate from what
+        // this node knows; its copy is a hint (below), not a replica.
+        compute(node.storage.get(partition, &w.key)?).map(|(next, clock)| (next.unwrap_or_default(), clock))
+    };
+    let (record, clock) = match outcome {
+        Ok(x) => x,
         Err(e) => {
             if matches!(e, CoordError::TooManySiblings { .. }) {
                 node.metrics.sibling_refusals.inc();
@@ -96,11 +129,112 @@ pub async fn write(node: &Node, w: Write) -> Result<Context, CoordError> {
             return Err(e);
         }
     };
-    node.storage.durable().await?;
-    Ok(clock)
+    if me_in_pref {
+        node.storage.durable().await?;
+    }
+
+    let acked = replicate(node, partition, &pref, w.key, Arc::new(record), needed, me_in_pref).await;
+    if acked >= needed {
+        Ok(clock)
+    } else {
+        node.metrics.quorum_failures.with_label_values(&["write"]).inc();
+        Err(CoordError::QuorumNotMet { needed, acked, context: Some(clock) })
+    }
 }
 
-/// The state after a client write to `current`, and the new version's clock.
+/// Sends `record` to every other node of `pref` (stand-ins for the ones that
+/// are suspect or do not answer) and returns once `needed` acks are in
+/// (counting this node when it is in `pref`) or no more can come.
+async fn replicate(
+    node: &Arc<Node>,
+    partition: u32,
+    pref: &[String],
+    key: Vec<u8>,
+    record: Arc<Record>,
+    needed: usize,
+    me_in_pref: bool,
+) -> usize {
+    let mut acked = usize::from(me_in_pref);
+    let others: Vec<String> = pref.iter().filter(|id| **id != node.id).cloned().collect();
+    if others.is_empty() {
+        return acked;
+    }
+    // Stand-ins in ring order: healthy nodes past the preference list (this
+    // node too, when it coordinates from outside the list).
+    let ring = node.ring();
+    let standins: VecDeque<String> = ring
+        .walk(partition)
+        .skip(pref.len())
+        .filter(|id| *id == node.id || matches!(node.member(id), Some((_, Status::Alive))))
+        .map(str::to_string)
+        .collect();
+    let standins = Arc::new(Mutex::new(standins));
+    let key = Arc::new(key);
+    let (tx, mut rx) = mpsc::channel(others.len());
+    for owner in others {
+        let (node, tx, key, record, standins) =
+            (node.clone(), tx.clone(), key.clone(), record.clone(), standins.clone());
+        tokio::spawn(async move {
+            let ack = send_one(&node, partition, &owner, &key, &record, &standins).await;
+            let _ = tx.send(ack).await;
+        });
+    }
+    drop(tx);
+    // A direct attempt and one stand-in, each bounded by the request timeout.
+    let deadline = Instant::now() + node.peers.timeout() * 2 + Duration::from_millis(50);
+    while acked < needed {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Ack::Stored | Ack::Hinted)) => acked += 1,
+            Ok(Some(Ack::Failed)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    acked
+}
+
+/// Delivers one replica's copy: directly when the owner is alive, else (or
+/// when it fails) as a hint on the next stand-in that accepts.
+async fn send_one(
+    node: &Node,
+    partition: u32,
+    owner: &str,
+    key: &[u8],
+    record: &Record,
+    standins: &Mutex<VecDeque<String>>,
+) -> Ack {
+    if let Some((addr, Status::Alive)) = node.member(owner) {
+        match node.peers.write(&addr, key, record).await {
+            Ok(()) => return Ack::Stored,
+            Err(e) => tracing::debug!(peer = %owner, error = %e, "replica write failed; trying a stand-in"),
+        }
+    }
+    loop {
+        let Some(standin) = standins.lock().expect("stand-in queue").pop_front() else {
+            return Ack::Failed;
+        };
+        if standin == node.id {
+            match node.storage.store_hint(owner, partition, key, record) {
+                Ok(true) => {
+                    node.metrics.hints_stored.inc();
+                    return Ack::Hinted;
+                }
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing a hint failed");
+                    continue;
+                }
+            }
+        }
+        let Some((addr, _)) = node.member(&standin) else { continue };
+        match node.peers.hint(&addr, owner, key, record).await {
+            Ok(()) => return Ack::Hinted,
+            Err(e) => tracing::debug!(standin = %standin, error = %e, "stand-in refused the hint"),
+        }
+    }
+}
+
+/// The state after a client write to `current`, and the new version's
+/// context.
 ///
 /// Without a context the write supersedes everything held here (SPEC §3: plain
 /// sequential PUTs overwrite). Expired versions are superseded by any write:
@@ -126,24 +260,146 @@ pub fn new_version(
     (next, clock)
 }
 
-/// Coordinates a client read at level `_level`.
-pub async fn read(node: &Node, key: &[u8], _level: Level) -> Result<ReadResult, CoordError> {
-    let partition = node.ring().partition_of(key);
-    let record = node.storage.get(partition, key)?.unwrap_or_default();
-    Ok(visible(&record, now_ms()))
+/// Coordinates a client read at `level`.
+pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResult, CoordError> {
+    let ring = node.ring();
+    let partition = ring.partition_of(key);
+    let pref: Vec<String> = ring.preference_list(partition).into_iter().map(str::to_string).collect();
+    let needed = level.required(pref.len());
+    let key = Arc::new(key.to_vec());
+    let (tx, rx) = mpsc::channel::<(String, Option<Option<Record>>)>(pref.len().max(1));
+    for id in &pref {
+        if *id == node.id {
+            let local = node.storage.get(partition, &key)?;
+            let _ = tx.send((id.clone(), Some(local))).await;
+            continue;
+        }
+        let (node, tx, key, id) = (node.clone(), tx.clone(), key.clone(), id.clone());
+        tokio::spawn(async move {
+            let reply = match node.member(&id) {
+                Some((addr, _)) => node.peers.read(&addr, &key).await.ok(),
+                None => None,
+            };
+            let _ = tx.send((id, reply)).await;
+        });
+    }
+    drop(tx);
+    let (quorum_tx, quorum_rx) = oneshot::channel();
+    let deadline = Instant::now() + node.peers.timeout() + Duration::from_millis(50);
+    tokio::spawn(gather(node.clone(), partition, key, pref.len(), needed, deadline, rx, quorum_tx));
+    match quorum_rx.await {
+        Ok(Ok(merged)) => Ok(visible(&merged, now_ms())),
+        Ok(Err(acked)) => {
+            node.metrics.quorum_failures.with_label_values(&["read"]).inc();
+            Err(CoordError::QuorumNotMet { needed, acked, context: None })
+        }
+        Err(_) => Err(CoordError::QuorumNotMet { needed, acked: 0, context: None }),
+    }
+}
+
+/// Collects read replies: answers the client through `quorum` as soon as
+/// `needed` arrived (or `Err(replies)` once that cannot happen), then waits
+/// for the rest and repairs every replica that differs from the merge.
+#[allow(clippy::too_many_arguments)]
+async fn gather(
+    node: Arc<Node>,
+    partition: u32,
+    key: Arc<Vec<u8>>,
+    total: usize,
+    needed: usize,
+    deadline: Instant,
+    mut rx: mpsc::Receiver<(String, Option<Option<Record>>)>,
+    quorum: oneshot::Sender<Result<Record, usize>>,
+) {
+    let mut quorum = Some(quorum);
+    let mut replies: Vec<(String, Option<Record>)> = Vec::with_capacity(total);
+    let mut merged = Record::new();
+    let mut failed = 0;
+    while replies.len() + failed < total {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((id, Some(rec)))) => {
+                if let Some(r) = &rec {
+                    merged = merged.sync(r);
+                }
+                replies.push((id, rec));
+            }
+            Ok(Some((_, None))) => failed += 1,
+            Ok(None) | Err(_) => break,
+        }
+        if replies.len() >= needed {
+            if let Some(q) = quorum.take() {
+                let _ = q.send(Ok(merged.clone()));
+            }
+        } else if total - failed < needed {
+            if let Some(q) = quorum.take() {
+                let _ = q.send(Err(replies.len()));
+            }
+        }
+    }
+    if let Some(q) = quorum.take() {
+        let _ = q.send(if replies.len() >= needed { Ok(merged.clone()) } else { Err(replies.len()) });
+    }
+    if merged.is_empty() {
+        return;
+    }
+    for (id, rec) in replies {
+        if rec.as_ref() == Some(&merged) {
+            continue;
+        }
+        node.metrics.read_repairs.inc();
+        if id == node.id {
+            let m = merged.clone();
+            let r =
+                node.storage.update(partition, &key, |cur| Ok::<_, ()>((Some(cur.unwrap_or_default().sync(&m)), ())));
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "local read repair failed");
+            }
+        } else if let Some((addr, _)) = node.member(&id) {
+            if let Err(e) = node.peers.write(&addr, &key, &merged).await {
+                tracing::debug!(peer = %id, error = %e, "read repair failed");
+            }
+        }
+    }
 }
 
 /// What a client may see of a record at `now_ms`.
 pub fn visible(record: &Record, now_ms: u64) -> ReadResult {
     ReadResult {
-        visible: record
-            .values()
-            .iter()
-            .filter(|v| !v.payload.expired(now_ms))
-            .cloned()
-            .collect(),
+        visible: record.values().iter().filter(|v| !v.payload.expired(now_ms)).cloned().collect(),
         context: record.context(),
     }
+}
+
+/// Merges a replica's incoming state into this node's copy of `key` (replica
+/// writes, hints delivered, read repair). Never refuses for the sibling cap.
+pub fn merge_local(node: &Node, key: &[u8], incoming: &Record) -> Result<(), StorageError> {
+    let partition = node.ring().partition_of(key);
+    node.storage
+        .update(partition, key, |cur| Ok::<_, ()>((Some(cur.unwrap_or_default().sync(incoming)), ())))?
+        .expect("merge never refuses");
+    Ok(())
+}
+
+/// The nodes a request for `key` should be forwarded to, in order, when this
+/// node is not in its preference list (alive ones first); `None` when this
+/// node coordinates itself.
+pub fn forward_targets(node: &Node, key: &[u8]) -> Option<Vec<String>> {
+    let ring = node.ring();
+    let pref = ring.preference_list(ring.partition_of(key));
+    if pref.contains(&node.id.as_str()) {
+        return None;
+    }
+    let mut alive = Vec::new();
+    let mut other = Vec::new();
+    for id in pref {
+        match node.member(id) {
+            Some((addr, Status::Alive)) => alive.push(addr),
+            Some((addr, _)) => other.push(addr),
+            None => {}
+        }
+    }
+    alive.extend(other);
+    Some(alive)
 }
 
 #[cfg(test)]
@@ -174,7 +430,6 @@ mod tests {
         let (r, _) = new_version(&Record::new(), None, "a", 0, content("x", 1, None));
         let (r, clock) = new_version(&r, Some(&Context::new()), "b", 0, content("y", 2, None));
         assert_eq!(r.len(), 2);
-        // The sibling written by "a" is not in the context handed back.
         assert!(!clock.covers(&r.values()[0].dot));
         assert!(clock.covers(&r.values()[1].dot));
     }

@@ -19,18 +19,10 @@ pub enum Level {
 pub enum LevelError {
     /// Not one of the accepted spellings.
     #[error("{param}={value:?} is not one of {allowed}")]
-    Unknown {
-        param: &'static str,
-        value: String,
-        allowed: &'static str,
-    },
+    Unknown { param: &'static str, value: String, allowed: &'static str },
     /// A count outside 1..=N.
     #[error("{param}={value} is outside 1..={n} (N for this cluster)")]
-    OutOfRange {
-        param: &'static str,
-        value: u64,
-        n: usize,
-    },
+    OutOfRange { param: &'static str, value: u64, n: usize },
 }
 
 impl Level {
@@ -43,22 +35,11 @@ impl Level {
             "all" => Ok(Level::All),
             "async" if writes => Ok(Level::Async),
             _ => {
-                let allowed = if writes {
-                    "async, quorum, all or 1..N"
-                } else {
-                    "quorum, all or 1..N"
-                };
-                let count: u64 = value.parse().map_err(|_| LevelError::Unknown {
-                    param,
-                    value: value.to_string(),
-                    allowed,
-                })?;
+                let allowed = if writes { "async, quorum, all or 1..N" } else { "quorum, all or 1..N" };
+                let count: u64 =
+                    value.parse().map_err(|_| LevelError::Unknown { param, value: value.to_string(), allowed })?;
                 if count == 0 || count > n as u64 {
-                    return Err(LevelError::OutOfRange {
-                        param,
-                        value: count,
-                        n,
-                    });
+                    return Err(LevelError::OutOfRange { param, value: count, n });
                 }
                 Ok(Level::Count(count as u32))
             }
@@ -88,22 +69,10 @@ mod tests {
         assert_eq!(Level::parse("async", true, 3), Ok(Level::Async));
         assert!(Level::parse("async", false, 3).is_err());
         assert_eq!(Level::parse("2", true, 3), Ok(Level::Count(2)));
-        assert!(matches!(
-            Level::parse("0", true, 3),
-            Err(LevelError::OutOfRange { .. })
-        ));
-        assert!(matches!(
-            Level::parse("4", true, 3),
-            Err(LevelError::OutOfRange { .. })
-        ));
-        assert!(matches!(
-            Level::parse("-1", true, 3),
-            Err(LevelError::Unknown { .. })
-        ));
-        assert!(matches!(
-            Level::parse("QUORUM", true, 3),
-            Err(LevelError::Unknown { .. })
-        ));
+        assert!(matches!(Level::parse("0", true, 3), Err(LevelError::OutOfRange { .. })));
+        assert!(matches!(Level::parse("4", true, 3), Err(LevelError::OutOfRange { .. })));
+        assert!(matches!(Level::parse("-1", true, 3), Err(LevelError::Unknown { .. })));
+        assert!(matches!(Level::parse("QUORUM", true, 3), Err(LevelError::Unknown { .. })));
     }
 
     #[test]

@@ -7,6 +7,14 @@
 //! long its heartbeat has not advanced: `suspect_after` -> suspect (still on
 //! the ring), `dead_after` -> dead (off the ring). The node's own entry is
 //! always alive.
+//!
+//! Gossip merges are push-pull: each side sends its [`Digest`] and applies the
+//! other's with [`Table::merge`]. Higher heartbeats win; a heartbeat never
+//! goes back, so a stale digest changes nothing. `left` travels with the
+//! heartbeat it was announced at and is undone only by a higher heartbeat
+//! (the node started again).
+
+pub mod gossip;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -58,6 +66,20 @@ pub struct Timeouts {
     pub dead_after: Duration,
 }
 
+/// What gossip carries about one member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Node id.
+    pub id: String,
+    /// Base URL.
+    pub address: String,
+    /// Heartbeat counter.
+    pub heartbeat: u64,
+    /// Whether the node announced it left.
+    #[serde(default)]
+    pub left: bool,
+}
+
 /// The membership table of one node.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -79,10 +101,7 @@ impl Table {
                 updated_at: now,
             },
         );
-        Self {
-            me: me.to_string(),
-            members,
-        }
+        Self { me: me.to_string(), members }
     }
 
     /// This node's id.
@@ -92,10 +111,7 @@ impl Table {
 
     /// Advances this node's own heartbeat; returns the new value.
     pub fn bump(&mut self, now: SystemTime) -> u64 {
-        let me = self
-            .members
-            .get_mut(&self.me)
-            .expect("the table always holds this node");
+        let me = self.members.get_mut(&self.me).expect("the table always holds this node");
         me.heartbeat += 1;
         me.updated_at = now;
         me.status = Status::Alive;
@@ -141,11 +157,100 @@ impl Table {
 
     /// Ids of the members that hold partitions (alive or suspect).
     pub fn ring_members(&self) -> Vec<String> {
+        self.members.values().filter(|m| m.status.on_ring()).map(|m| m.id.clone()).collect()
+    }
+
+    /// Ids of every member that has not left, dead ones included: the set a
+    /// tombstone's replicas are computed over (SPEC §3).
+    pub fn not_left(&self) -> Vec<String> {
+        self.members.values().filter(|m| m.status != Status::Left).map(|m| m.id.clone()).collect()
+    }
+
+    /// What this node gossips: every member it knows.
+    pub fn digests(&self) -> Vec<Digest> {
         self.members
             .values()
-            .filter(|m| m.status.on_ring())
-            .map(|m| m.id.clone())
+            .map(|m| Digest {
+                id: m.id.clone(),
+                address: m.address.clone(),
+                heartbeat: m.heartbeat,
+                left: m.status == Status::Left,
+            })
             .collect()
+    }
+
+    /// Applies digests heard from a peer at `now`. Returns whether the set of
+    /// ring members or any address changed.
+    pub fn merge(&mut self, digests: &[Digest], now: SystemTime) -> bool {
+        let before = self.ring_members();
+        let mut changed = false;
+        for d in digests {
+            if d.id == self.me {
+                // Someone saw a heartbeat of ours we no longer know (a restart
+                // whose reservation was lost): jump past it.
+                let me = self.members.get_mut(&self.me).expect("self entry");
+                if d.heartbeat > me.heartbeat {
+                    me.heartbeat = d.heartbeat + 1;
+                }
+                continue;
+            }
+            match self.members.get_mut(&d.id) {
+                None => {
+                    let status = if d.left { Status::Left } else { Status::Alive };
+                    self.members.insert(
+                        d.id.clone(),
+                        Member {
+                            id: d.id.clone(),
+                            address: d.address.clone(),
+                            status,
+                            heartbeat: d.heartbeat,
+                            updated_at: now,
+                        },
+                    );
+                    changed = true;
+                }
+                Some(m) => {
+                    if d.heartbeat > m.heartbeat {
+                        changed |= m.address != d.address;
+                        m.heartbeat = d.heartbeat;
+                        m.address = d.address.clone();
+                        m.updated_at = now;
+                        m.status = if d.left { Status::Left } else { Status::Alive };
+                    } else if d.heartbeat == m.heartbeat && d.left && m.status != Status::Left {
+                        m.status = Status::Left;
+                    }
+                }
+            }
+        }
+        changed || before != self.ring_members()
+    }
+
+    /// Marks this node as leaving: one last heartbeat, status `left`.
+    pub fn leave(&mut self, now: SystemTime) -> u64 {
+        let hb = self.bump(now);
+        self.members.get_mut(&self.me).expect("self entry").status = Status::Left;
+        hb
+    }
+
+    /// Restores members remembered from a previous run as alive at `now`, so
+    /// a restarted node starts from the ring it last knew; gossip then
+    /// corrects whoever is really gone.
+    pub fn restore(&mut self, remembered: &[Digest], now: SystemTime) {
+        for d in remembered {
+            if d.id != self.me && !self.members.contains_key(&d.id) {
+                let status = if d.left { Status::Left } else { Status::Alive };
+                self.members.insert(
+                    d.id.clone(),
+                    Member {
+                        id: d.id.clone(),
+                        address: d.address.clone(),
+                        status,
+                        heartbeat: d.heartbeat,
+                        updated_at: now,
+                    },
+                );
+            }
+        }
     }
 }
 
@@ -153,10 +258,68 @@ impl Table {
 mod tests {
     use super::*;
 
-    const T: Timeouts = Timeouts {
-        suspect_after: Duration::from_millis(50),
-        dead_after: Duration::from_millis(150),
-    };
+    const T: Timeouts = Timeouts { suspect_after: Duration::from_millis(50), dead_after: Duration::from_millis(150) };
+
+    fn d(id: &str, hb: u64) -> Digest {
+        Digest { id: id.into(), address: format!("http://{id}"), heartbeat: hb, left: false }
+    }
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_000 + ms)
+    }
+
+    #[test]
+    fn higher_heartbeats_win_and_stale_ones_change_nothing() {
+        let mut t = Table::new("a", "http://a", 1, at(0));
+        assert!(t.merge(&[d("b", 5)], at(0)));
+        assert_eq!(t.get("b").unwrap().heartbeat, 5);
+        assert!(!t.merge(&[d("b", 3)], at(10)));
+        assert_eq!(t.get("b").unwrap().heartbeat, 5);
+        assert_eq!(t.get("b").unwrap().updated_at, at(0), "a stale digest is not progress");
+        t.merge(&[d("b", 6)], at(20));
+        assert_eq!(t.get("b").unwrap().updated_at, at(20));
+    }
+
+    #[test]
+    fn silence_makes_suspect_then_dead_and_progress_revives() {
+        let mut t = Table::new("a", "http://a", 1, at(0));
+        t.merge(&[d("b", 1)], at(0));
+        assert!(!t.refresh(at(49), T));
+        assert!(t.refresh(at(50), T));
+        assert_eq!(t.get("b").unwrap().status, Status::Suspect);
+        assert_eq!(t.ring_members(), vec!["a", "b"], "suspect stays on the ring");
+        t.refresh(at(150), T);
+        assert_eq!(t.get("b").unwrap().status, Status::Dead);
+        assert_eq!(t.ring_members(), vec!["a"]);
+        assert_eq!(t.not_left(), vec!["a", "b"]);
+        assert!(t.merge(&[d("b", 2)], at(200)));
+        assert_eq!(t.get("b").unwrap().status, Status::Alive);
+    }
+
+    #[test]
+    fn left_leaves_at_once_and_a_restart_rejoins() {
+        let mut t = Table::new("a", "http://a", 1, at(0));
+        t.merge(&[d("b", 4)], at(0));
+        let mut gone = d("b", 5);
+        gone.left = true;
+        assert!(t.merge(&[gone], at(1)));
+        assert_eq!(t.get("b").unwrap().status, Status::Left);
+        assert_eq!(t.ring_members(), vec!["a"]);
+        t.refresh(at(10_000), T);
+        assert_eq!(t.get("b").unwrap().status, Status::Left, "left is not aged into dead");
+        assert!(t.merge(&[d("b", 6)], at(20_000)));
+        assert_eq!(t.get("b").unwrap().status, Status::Alive);
+    }
+
+    #[test]
+    fn own_entry_is_never_overwritten_but_jumps_past_a_lost_heartbeat() {
+        let mut t = Table::new("a", "http://a", 10, at(0));
+        let mut other = d("a", 50);
+        other.address = "http://elsewhere".into();
+        t.merge(&[other], at(0));
+        assert_eq!(t.get("a").unwrap().address, "http://a");
+        assert!(t.heartbeat() > 50);
+    }
 
     #[test]
     fn own_heartbeat_is_monotonic_and_alive() {

@@ -57,12 +57,7 @@ impl Ring {
                 walk
             })
             .collect();
-        Self {
-            partitions,
-            replicas,
-            nodes,
-            walks,
-        }
+        Self { partitions, replicas, nodes, walks }
     }
 
     /// Q, the number of partitions.
@@ -87,9 +82,7 @@ impl Ring {
 
     /// Whether `node` is a member of this ring.
     pub fn contains(&self, node: &str) -> bool {
-        self.nodes
-            .binary_search_by(|n| n.as_str().cmp(node))
-            .is_ok()
+        self.nodes.binary_search_by(|n| n.as_str().cmp(node)).is_ok()
     }
 
     /// The partition of `key`.
@@ -100,9 +93,7 @@ impl Ring {
     /// Every node, clockwise from partition `p`: the preference list first,
     /// then stand-ins in order.
     pub fn walk(&self, p: u32) -> impl Iterator<Item = &str> + '_ {
-        self.walks[p as usize]
-            .iter()
-            .map(|&i| self.nodes[i as usize].as_str())
+        self.walks[p as usize].iter().map(|&i| self.nodes[i as usize].as_str())
     }
 
     /// The ordered preference list of partition `p`: `min(N, members)`
@@ -136,9 +127,7 @@ mod tests {
     }
 
     fn owners(ring: &Ring) -> Vec<String> {
-        (0..ring.partition_count())
-            .map(|p| ring.preference_list(p)[0].to_string())
-            .collect()
+        (0..ring.partition_count()).map(|p| ring.preference_list(p)[0].to_string()).collect()
     }
 
     #[test]
@@ -170,10 +159,7 @@ mod tests {
             }
             let max = *counts.values().max().unwrap();
             let min = counts.values().copied().min().unwrap();
-            println!(
-                "{n} nodes: replicas per node max {max} min {min} (ideal {:.1})",
-                192.0 / n as f64
-            );
+            println!("{n} nodes: replicas per node max {max} min {min} (ideal {:.1})", 192.0 / n as f64);
             assert_eq!(counts.len(), n, "a node holds no partition with {n} nodes");
             assert!(max <= 3 * min.max(1) + 8, "{n} nodes: max {max} min {min}");
         }

@@ -8,6 +8,9 @@
 //!   finds expired values without scanning the data.
 //! - `tombstones`: `(purge_after_ms BE, partition BE, key)` -> `()`, likewise
 //!   for tombstones past their grace period.
+//! - `hints`: `(owner id len, owner id, partition BE, key)` -> encoded
+//!   [`Record`]: writes kept for an unreachable owner (hinted handoff),
+//!   at most [`MAX_HINTS`].
 //!
 //! Writes are read-modify-write loops over `compare_and_swap`, so concurrent
 //! writers of one key never lose each other's versions. With `sync_writes`,
@@ -26,6 +29,12 @@ pub use record::{Content, Record};
 const META_NODE_ID: &[u8] = b"node_id";
 const META_PARTITIONS: &[u8] = b"partitions";
 const META_HEARTBEAT: &[u8] = b"heartbeat_reserved";
+const META_MEMBERS: &[u8] = b"members";
+
+/// Most hints one node keeps; past it, hint requests are refused, the
+/// coordinator counts the stand-in as not acked, and the owner catches up by
+/// read repair and anti-entropy instead.
+pub const MAX_HINTS: usize = 100_000;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -35,27 +44,18 @@ pub enum StorageError {
     NotADirectory(PathBuf),
     /// The data dir cannot be created or written.
     #[error("data dir {path} is not writable: {source}")]
-    Unwritable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Unwritable { path: PathBuf, source: std::io::Error },
     /// Another process holds the lock.
     #[error("data dir {0} is locked by another running dynakv node")]
     Locked(PathBuf),
     /// The data dir was created with another Q.
-    #[error("data dir {path} was created with --partitions {stored}, not {requested}; Q is fixed for the life of a cluster")]
-    PartitionMismatch {
-        path: PathBuf,
-        stored: u32,
-        requested: u32,
-    },
+    #[error(
+        "data dir {path} was created with --partitions {stored}, not {requested}; Q is fixed for the life of a cluster"
+    )]
+    PartitionMismatch { path: PathBuf, stored: u32, requested: u32 },
     /// The data dir belongs to another node id.
     #[error("data dir {path} belongs to node {stored:?}, not {requested:?}")]
-    NodeIdMismatch {
-        path: PathBuf,
-        stored: String,
-        requested: String,
-    },
+    NodeIdMismatch { path: PathBuf, stored: String, requested: String },
     /// sled failed.
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
@@ -70,6 +70,7 @@ pub struct Storage {
     meta: sled::Tree,
     expiry: sled::Tree,
     tombstones: sled::Tree,
+    hints: sled::Tree,
     partitions: Vec<OnceLock<sled::Tree>>,
     commit: Option<GroupCommit>,
     tombstone_grace_ms: u64,
@@ -93,10 +94,7 @@ impl Storage {
         if dir.is_file() {
             return Err(StorageError::NotADirectory(dir.to_path_buf()));
         }
-        let unwritable = |source| StorageError::Unwritable {
-            path: dir.to_path_buf(),
-            source,
-        };
+        let unwritable = |source| StorageError::Unwritable { path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(unwritable)?;
         // sled reports permissions late and vaguely; probe first.
         let probe = dir.join(".dynakv-write-probe");
@@ -126,6 +124,7 @@ impl Storage {
         let storage = Self {
             expiry: db.open_tree("expiry")?,
             tombstones: db.open_tree("tombstones")?,
+            hints: db.open_tree("hints")?,
             meta,
             partitions: (0..partitions).map(|_| OnceLock::new()).collect(),
             commit: opts.sync_writes.then(GroupCommit::default),
@@ -146,11 +145,9 @@ impl Storage {
         if let Some(stored) = self.meta.get(META_NODE_ID)? {
             let stored = String::from_utf8_lossy(&stored).into_owned();
             return match wanted {
-                Some(w) if w != stored => Err(StorageError::NodeIdMismatch {
-                    path: path.to_path_buf(),
-                    stored,
-                    requested: w.to_string(),
-                }),
+                Some(w) if w != stored => {
+                    Err(StorageError::NodeIdMismatch { path: path.to_path_buf(), stored, requested: w.to_string() })
+                }
                 _ => Ok(stored),
             };
         }
@@ -179,6 +176,18 @@ impl Storage {
             .get(META_HEARTBEAT)?
             .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
             .unwrap_or(0))
+    }
+
+    /// The membership digests saved by [`Storage::save_members`].
+    pub fn members(&self) -> Result<Vec<crate::membership::Digest>, StorageError> {
+        Ok(self.meta.get(META_MEMBERS)?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default())
+    }
+
+    /// Remembers the membership table so a restart starts from the last ring.
+    pub fn save_members(&self, members: &[crate::membership::Digest]) -> Result<(), StorageError> {
+        let json = serde_json::to_vec(members).expect("digests serialize");
+        self.meta.insert(META_MEMBERS, json)?;
+        Ok(())
     }
 
     /// A node-wide counter, monotonic across restarts: the floor for new dots.
@@ -216,10 +225,13 @@ impl Storage {
         loop {
             let old = tree.get(key)?;
             let current = old.as_deref().map(record::decode).transpose()?;
-            let (new, out) = match f(current) {
+            let (new, out) = match f(current.clone()) {
                 Ok(x) => x,
                 Err(e) => return Ok(Err(e)),
             };
+            if new == current {
+                return Ok(Ok(out));
+            }
             if let Some(rec) = &new {
                 self.index(partition, key, rec)?;
             }
@@ -239,12 +251,8 @@ impl Storage {
                 self.expiry.insert(index_key(at, partition, key), &[])?;
             }
             if v.payload.deleted {
-                let after = v
-                    .payload
-                    .timestamp_ms
-                    .saturating_add(self.tombstone_grace_ms);
-                self.tombstones
-                    .insert(index_key(after, partition, key), &[])?;
+                let after = v.payload.timestamp_ms.saturating_add(self.tombstone_grace_ms);
+                self.tombstones.insert(index_key(after, partition, key), &[])?;
             }
         }
         Ok(())
@@ -252,22 +260,10 @@ impl Storage {
 
     /// Index entries due at `now_ms`, at most `limit`: expired values when
     /// `tombstones` is false, tombstones past grace when true.
-    pub fn due(
-        &self,
-        tombstones: bool,
-        now_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<Due>, StorageError> {
-        let tree = if tombstones {
-            &self.tombstones
-        } else {
-            &self.expiry
-        };
+    pub fn due(&self, tombstones: bool, now_ms: u64, limit: usize) -> Result<Vec<Due>, StorageError> {
+        let tree = if tombstones { &self.tombstones } else { &self.expiry };
         let mut out = Vec::new();
-        for item in tree
-            .range(..(now_ms.saturating_add(1)).to_be_bytes().to_vec())
-            .take(limit)
-        {
+        for item in tree.range(..(now_ms.saturating_add(1)).to_be_bytes().to_vec()).take(limit) {
             let (k, _) = item?;
             if k.len() < 12 {
                 tree.remove(&k)?;
@@ -278,22 +274,67 @@ impl Storage {
                 tree.remove(&k)?;
                 continue;
             }
-            out.push(Due {
-                index_key: k.to_vec(),
-                partition,
-                key: k[12..].to_vec(),
-            });
+            out.push(Due { index_key: k.to_vec(), partition, key: k[12..].to_vec() });
         }
         Ok(out)
     }
 
+    /// Moves an index entry to `until_ms` (a tombstone whose replicas could
+    /// not all confirm it yet).
+    pub fn defer(&self, tombstones: bool, due: &Due, until_ms: u64) -> Result<(), StorageError> {
+        let tree = if tombstones { &self.tombstones } else { &self.expiry };
+        tree.insert(index_key(until_ms, due.partition, &due.key), &[])?;
+        tree.remove(&due.index_key)?;
+        Ok(())
+    }
+
+    /// Keeps `record` for `owner`, merged with any hint already kept for the
+    /// same key. Returns false (and keeps nothing) past [`MAX_HINTS`].
+    pub fn store_hint(&self, owner: &str, partition: u32, key: &[u8], record: &Record) -> Result<bool, StorageError> {
+        let hk = hint_key(owner, partition, key);
+        loop {
+            let old = self.hints.get(&hk)?;
+            if old.is_none() && self.hints.len() >= MAX_HINTS {
+                return Ok(false);
+            }
+            let merged = match &old {
+                Some(bytes) => record::decode(bytes)?.sync(record),
+                None => record.clone(),
+            };
+            if self.hints.compare_and_swap(&hk, old, Some(record::encode(&merged)))?.is_ok() {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Up to `limit` hints: (owner, partition, key, record, raw entry).
+    pub fn hints(&self, limit: usize) -> Result<Vec<Hint>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.hints.iter().take(limit) {
+            let (k, v) = item?;
+            let Some((owner, partition, key)) = split_hint_key(&k) else {
+                self.hints.remove(&k)?;
+                continue;
+            };
+            out.push(Hint { owner, partition, key, record: record::decode(&v)?, raw_key: k.to_vec(), raw: v.to_vec() });
+        }
+        Ok(out)
+    }
+
+    /// Deletes a delivered hint unless it changed since it was read (a newer
+    /// write merged into it waits for the next delivery).
+    pub fn remove_hint(&self, hint: &Hint) -> Result<bool, StorageError> {
+        Ok(self.hints.compare_and_swap(&hint.raw_key, Some(hint.raw.as_slice()), None as Option<&[u8]>)?.is_ok())
+    }
+
+    /// Hints waiting for delivery.
+    pub fn hints_pending(&self) -> usize {
+        self.hints.len()
+    }
+
     /// Removes a handled index entry.
     pub fn done(&self, tombstones: bool, due: &Due) -> Result<(), StorageError> {
-        let tree = if tombstones {
-            &self.tombstones
-        } else {
-            &self.expiry
-        };
+        let tree = if tombstones { &self.tombstones } else { &self.expiry };
         tree.remove(&due.index_key)?;
         Ok(())
     }
@@ -342,6 +383,38 @@ pub struct Due {
     pub key: Vec<u8>,
 }
 
+/// A write kept for an unreachable owner.
+#[derive(Debug, Clone)]
+pub struct Hint {
+    /// The intended owner.
+    pub owner: String,
+    /// Partition of the key.
+    pub partition: u32,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The state to deliver.
+    pub record: Record,
+    raw_key: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+fn hint_key(owner: &str, partition: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + owner.len() + key.len());
+    k.push(owner.len() as u8);
+    k.extend_from_slice(owner.as_bytes());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn split_hint_key(k: &[u8]) -> Option<(String, u32, Vec<u8>)> {
+    let (&len, rest) = k.split_first()?;
+    let owner = std::str::from_utf8(rest.get(..len as usize)?).ok()?.to_string();
+    let rest = &rest[len as usize..];
+    let partition = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    Some((owner, partition, rest[4..].to_vec()))
+}
+
 fn index_key(at_ms: u64, partition: u32, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(12 + key.len());
     k.extend_from_slice(&at_ms.to_be_bytes());
@@ -351,9 +424,7 @@ fn index_key(at_ms: u64, partition: u32, key: &[u8]) -> Vec<u8> {
 }
 
 fn is_lock_error(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::WouldBlock
-        || e.raw_os_error() == Some(11)
-        || e.to_string().contains("lock")
+    e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(11) || e.to_string().contains("lock")
 }
 
 /// Group commit: every durable write takes a ticket; whoever holds the flush
@@ -385,11 +456,7 @@ mod tests {
     use crate::version::Context;
 
     fn opts(partitions: u32, sync_writes: bool) -> StorageOptions {
-        StorageOptions {
-            partitions,
-            sync_writes,
-            tombstone_grace_ms: 1000,
-        }
+        StorageOptions { partitions, sync_writes, tombstone_grace_ms: 1000 }
     }
 
     fn content(v: &str) -> Content {
@@ -418,11 +485,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = Storage::open(dir.path(), &opts(4, false)).unwrap();
         let second = Storage::open(dir.path(), &opts(4, false));
-        assert!(
-            matches!(second, Err(StorageError::Locked(_))),
-            "{:?}",
-            second.err()
-        );
+        assert!(matches!(second, Err(StorageError::Locked(_))), "{:?}", second.err());
     }
 
     #[tokio::test]
@@ -441,11 +504,7 @@ mod tests {
         drop(s);
         assert!(matches!(
             Storage::open(dir.path(), &opts(8, false)),
-            Err(StorageError::PartitionMismatch {
-                stored: 4,
-                requested: 8,
-                ..
-            })
+            Err(StorageError::PartitionMismatch { stored: 4, requested: 8, .. })
         ));
     }
 
@@ -454,14 +513,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), &opts(1, false)).unwrap();
         put(&s, b"k", "v");
-        let r = s
-            .update(0, b"k", |_| Err::<(Option<Record>, ()), _>("no"))
-            .unwrap();
+        let r = s.update(0, b"k", |_| Err::<(Option<Record>, ()), _>("no")).unwrap();
         assert_eq!(r, Err("no"));
-        assert_eq!(
-            s.get(0, b"k").unwrap().unwrap().values()[0].payload.value,
-            b"v"
-        );
+        assert_eq!(s.get(0, b"k").unwrap().unwrap().values()[0].payload.value, b"v");
     }
 
     #[tokio::test]
@@ -470,13 +524,38 @@ mod tests {
         let s = Storage::open(dir.path(), &opts(1, false)).unwrap();
         let id = s.node_id(dir.path(), None, || "gen-1".into()).unwrap();
         assert_eq!(id, "gen-1");
-        assert_eq!(
-            s.node_id(dir.path(), None, || "gen-2".into()).unwrap(),
-            "gen-1"
-        );
-        assert!(s
-            .node_id(dir.path(), Some("other"), || unreachable!())
-            .is_err());
+        assert_eq!(s.node_id(dir.path(), None, || "gen-2".into()).unwrap(), "gen-1");
+        assert!(s.node_id(dir.path(), Some("other"), || unreachable!()).is_err());
+    }
+
+    #[tokio::test]
+    async fn hints_merge_survive_reopen_and_are_removed_only_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path(), &opts(4, false)).unwrap();
+            let mut a = Record::new();
+            let ctx = Context::new();
+            a = a.update(&ctx, a.next_dot(&ctx, "x", 0), content("one"));
+            let mut b = Record::new();
+            b = b.update(&ctx, b.next_dot(&ctx, "y", 0), content("two"));
+            assert!(s.store_hint("owner-1", 3, b"key", &a).unwrap());
+            assert!(s.store_hint("owner-1", 3, b"key", &b).unwrap());
+            s.flush().await.unwrap();
+        }
+        let s = Storage::open(dir.path(), &opts(4, false)).unwrap();
+        let hints = s.hints(10).unwrap();
+        assert_eq!(hints.len(), 1);
+        assert_eq!((hints[0].owner.as_str(), hints[0].partition, hints[0].key.as_slice()), ("owner-1", 3, &b"key"[..]));
+        assert_eq!(hints[0].record.len(), 2, "both writes kept as siblings");
+        // A newer write merged in meanwhile: the delivered copy is stale.
+        let mut c = Record::new();
+        let ctx = Context::new();
+        c = c.update(&ctx, c.next_dot(&ctx, "z", 0), content("three"));
+        s.store_hint("owner-1", 3, b"key", &c).unwrap();
+        assert!(!s.remove_hint(&hints[0]).unwrap());
+        let fresh = s.hints(10).unwrap();
+        assert!(s.remove_hint(&fresh[0]).unwrap());
+        assert_eq!(s.hints_pending(), 0);
     }
 
     #[tokio::test]

@@ -81,15 +81,13 @@ mod tests {
             proptest::option::of(any::<u64>()),
             any::<bool>(),
         )
-            .prop_map(
-                |(value, content_type, timestamp_ms, expires_at_ms, deleted)| Content {
-                    value,
-                    content_type,
-                    timestamp_ms,
-                    expires_at_ms,
-                    deleted,
-                },
-            )
+            .prop_map(|(value, content_type, timestamp_ms, expires_at_ms, deleted)| Content {
+                value,
+                content_type,
+                timestamp_ms,
+                expires_at_ms,
+                deleted,
+            })
     }
 
     proptest! {
@@ -113,9 +111,6 @@ mod tests {
 
     #[test]
     fn unknown_format_is_named() {
-        assert!(matches!(
-            decode(&[9, 0]),
-            Err(RecordError::UnknownFormat(9))
-        ));
+        assert!(matches!(decode(&[9, 0]), Err(RecordError::UnknownFormat(9))));
     }
 }

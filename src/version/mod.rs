@@ -160,10 +160,7 @@ impl Context {
 
     /// A context of a plain vector and some dots, normalized.
     pub fn from_parts(vv: VersionVector, cloud: impl IntoIterator<Item = Dot>) -> Self {
-        let mut ctx = Self {
-            vv,
-            cloud: Vec::new(),
-        };
+        let mut ctx = Self { vv, cloud: Vec::new() };
         for d in cloud {
             ctx.add(d);
         }
@@ -177,13 +174,7 @@ impl Context {
 
     /// The highest counter of `node` seen, in the vector or the cloud.
     pub fn max_of(&self, node: &str) -> u64 {
-        let cloud = self
-            .cloud
-            .iter()
-            .filter(|d| d.node == node)
-            .map(|d| d.counter)
-            .max()
-            .unwrap_or(0);
+        let cloud = self.cloud.iter().filter(|d| d.node == node).map(|d| d.counter).max().unwrap_or(0);
         self.vv.get(node).max(cloud)
     }
 
@@ -289,9 +280,7 @@ pub struct Siblings<T> {
 
 impl<T> Default for Siblings<T> {
     fn default() -> Self {
-        Self {
-            versions: Vec::new(),
-        }
+        Self { versions: Vec::new() }
     }
 }
 
@@ -303,9 +292,7 @@ impl<T: Clone> Siblings<T> {
 
     /// Builds a set from arbitrary versions, dropping dominated ones.
     pub fn from_versions(versions: Vec<Version<T>>) -> Self {
-        Self {
-            versions: reconcile(versions),
-        }
+        Self { versions: reconcile(versions) }
     }
 
     /// The stored versions, in dot order.
@@ -339,10 +326,7 @@ impl<T: Clone> Siblings<T> {
     /// monotonic counter, which keeps dots unique even after a key was purged).
     pub fn next_dot(&self, ctx: &Context, node: &str, floor: u64) -> Dot {
         let seen = ctx.max_of(node).max(self.context().max_of(node));
-        Dot {
-            node: node.to_string(),
-            counter: seen.max(floor) + 1,
-        }
+        Dot { node: node.to_string(), counter: seen.max(floor) + 1 }
     }
 
     /// A new state where a version with `dot` and `payload` written with
@@ -351,17 +335,8 @@ impl<T: Clone> Siblings<T> {
     ///
     /// `dot` must be fresh (see [`Siblings::next_dot`]).
     pub fn update(&self, ctx: &Context, dot: Dot, payload: T) -> Self {
-        let mut versions: Vec<Version<T>> = self
-            .versions
-            .iter()
-            .filter(|v| !ctx.covers(&v.dot))
-            .cloned()
-            .collect();
-        versions.push(Version {
-            dot,
-            context: ctx.clone(),
-            payload,
-        });
+        let mut versions: Vec<Version<T>> = self.versions.iter().filter(|v| !ctx.covers(&v.dot)).cloned().collect();
+        versions.push(Version { dot, context: ctx.clone(), payload });
         versions.sort_by(|a, b| a.dot.cmp(&b.dot));
         Self { versions }
     }
@@ -374,19 +349,9 @@ impl<T: Clone> Siblings<T> {
         let mine = self.context();
         let theirs = other.context();
         let has = |set: &Self, dot: &Dot| set.versions.iter().any(|v| &v.dot == dot);
-        let mut versions: Vec<Version<T>> = self
-            .versions
-            .iter()
-            .filter(|v| has(other, &v.dot) || !theirs.covers(&v.dot))
-            .cloned()
-            .collect();
-        versions.extend(
-            other
-                .versions
-                .iter()
-                .filter(|v| !has(self, &v.dot) && !mine.covers(&v.dot))
-                .cloned(),
-        );
+        let mut versions: Vec<Version<T>> =
+            self.versions.iter().filter(|v| has(other, &v.dot) || !theirs.covers(&v.dot)).cloned().collect();
+        versions.extend(other.versions.iter().filter(|v| !has(self, &v.dot) && !mine.covers(&v.dot)).cloned());
         Self::from_versions(versions)
     }
 
@@ -402,15 +367,8 @@ impl<T: Clone> Siblings<T> {
 pub fn reconcile<T: Clone>(mut versions: Vec<Version<T>>) -> Vec<Version<T>> {
     versions.sort_by(|a, b| a.dot.cmp(&b.dot));
     versions.dedup_by(|a, b| a.dot == b.dot);
-    let keep: Vec<bool> = versions
-        .iter()
-        .map(|v| !versions.iter().any(|o| v.dominated_by(o)))
-        .collect();
-    versions
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(v, k)| k.then_some(v))
-        .collect()
+    let keep: Vec<bool> = versions.iter().map(|v| !versions.iter().any(|o| v.dominated_by(o))).collect();
+    versions.into_iter().zip(keep).filter_map(|(v, k)| k.then_some(v)).collect()
 }
 
 #[cfg(test)]

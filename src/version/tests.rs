@@ -50,23 +50,17 @@ fn run(ops: &[Op]) -> Vec<Set> {
 }
 
 fn states() -> impl Strategy<Value = (Set, Set, Set)> {
-    (
-        proptest::collection::vec(op(), 1..40),
-        any::<usize>(),
-        any::<usize>(),
-        any::<usize>(),
-    )
-        .prop_map(|(ops, i, j, k)| {
+    (proptest::collection::vec(op(), 1..40), any::<usize>(), any::<usize>(), any::<usize>()).prop_map(
+        |(ops, i, j, k)| {
             let s = run(&ops);
             let n = s.len();
             (s[i % n].clone(), s[j % n].clone(), s[k % n].clone())
-        })
+        },
+    )
 }
 
 fn is_antichain(s: &Set) -> bool {
-    s.values()
-        .iter()
-        .all(|v| !s.values().iter().any(|o| v.dominated_by(o)))
+    s.values().iter().all(|v| !s.values().iter().any(|o| v.dominated_by(o)))
 }
 
 proptest! {

@@ -59,9 +59,7 @@ pub fn decode(token: &str) -> Result<Context, ContextError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(ContextError::Malformed);
     }
-    let raw = URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| ContextError::Malformed)?;
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| ContextError::Malformed)?;
     if raw.len() < 1 + 1 + 8 {
         return Err(ContextError::Malformed);
     }
@@ -89,10 +87,7 @@ pub fn decode(token: &str) -> Result<Context, ContextError> {
     let mut cloud: Vec<Dot> = Vec::new();
     for _ in 0..n {
         let (id, counter) = r.entry()?;
-        let dot = Dot {
-            node: id.to_string(),
-            counter,
-        };
+        let dot = Dot { node: id.to_string(), counter };
         if vv.get(id) + 1 >= counter || cloud.last().is_some_and(|l| *l >= dot) {
             return Err(ContextError::Invalid);
         }
@@ -178,20 +173,14 @@ mod tests {
     fn garbage_is_refused() {
         assert_eq!(decode(""), Err(ContextError::Malformed));
         assert_eq!(decode("!!!"), Err(ContextError::Malformed));
-        assert_eq!(
-            decode("aGVsbG8gd29ybGQgdGhpcyBpcyBub3Q"),
-            Err(ContextError::Checksum)
-        );
+        assert_eq!(decode("aGVsbG8gd29ybGQgdGhpcyBpcyBub3Q"), Err(ContextError::Checksum));
     }
 
     #[test]
     fn a_flipped_character_is_caught() {
         let vv = Context::from_parts(
             VersionVector::from_entries([("node-a".to_string(), 7), ("node-b".to_string(), 300)]),
-            [Dot {
-                node: "node-a".into(),
-                counter: 12,
-            }],
+            [Dot { node: "node-a".into(), counter: 12 }],
         );
         let token = encode(&vv);
         for i in 0..token.len() {

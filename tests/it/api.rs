@@ -7,14 +7,7 @@ use crate::support::{context_of, eventually, Server};
 #[tokio::test]
 async fn put_then_get_returns_value_and_content_type() {
     let s = Server::start(&[]).await;
-    let r = s
-        .http
-        .put(s.at("/kv/greeting"))
-        .header("Content-Type", "text/plain")
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.put(s.at("/kv/greeting")).header("Content-Type", "text/plain").body("hello").send().await.unwrap();
     assert!(r.status().is_success());
     assert!(context_of(&r).is_some(), "PUT must return X-Context");
     let r = s.http.get(s.at("/kv/greeting")).send().await.unwrap();
@@ -25,13 +18,7 @@ async fn put_then_get_returns_value_and_content_type() {
 
     // Default content type, binary-safe value, percent-decoded key.
     let bytes = vec![0u8, 255, 1, 2];
-    let r = s
-        .http
-        .put(s.at("/kv/a%20b%2Fc"))
-        .body(bytes.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.put(s.at("/kv/a%20b%2Fc")).body(bytes.clone()).send().await.unwrap();
     assert!(r.status().is_success());
     let r = s.http.get(s.at("/kv/a%20b%2Fc")).send().await.unwrap();
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
@@ -63,12 +50,8 @@ async fn stale_context_makes_siblings_and_read_context_resolves_them() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["key"], "car");
     assert_eq!(body["context"], header_ctx.as_str());
-    let mut values: Vec<&str> = body["siblings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["value"].as_str().unwrap())
-        .collect();
+    let mut values: Vec<&str> =
+        body["siblings"].as_array().unwrap().iter().map(|s| s["value"].as_str().unwrap()).collect();
     values.sort();
     assert_eq!(values, ["BIKE", "CAR"]);
     for sib in body["siblings"].as_array().unwrap() {
@@ -94,21 +77,9 @@ async fn a_writer_that_saw_nothing_does_not_overwrite_with_its_returned_context(
     s.put("k", "client1", Some(&ctx)).await;
     let (_, returned) = s.put("k", "client2-a", Some(&ctx)).await;
     s.put("k", "client2-b", Some(&returned.unwrap())).await;
-    let body: Value = s
-        .http
-        .get(s.at("/kv/k"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut values: Vec<&str> = body["siblings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["value"].as_str().unwrap())
-        .collect();
+    let body: Value = s.http.get(s.at("/kv/k")).send().await.unwrap().json().await.unwrap();
+    let mut values: Vec<&str> =
+        body["siblings"].as_array().unwrap().iter().map(|s| s["value"].as_str().unwrap()).collect();
     values.sort();
     assert_eq!(values, ["client1", "client2-b"]);
 }
@@ -116,31 +87,14 @@ async fn a_writer_that_saw_nothing_does_not_overwrite_with_its_returned_context(
 #[tokio::test]
 async fn accept_json_gives_the_sibling_shape_for_one_version_and_base64_for_binary() {
     let s = Server::start(&[]).await;
-    s.http
-        .put(s.at("/kv/bin"))
-        .body(vec![0xffu8, 0xfe])
-        .send()
-        .await
-        .unwrap();
-    let r = s
-        .http
-        .get(s.at("/kv/bin"))
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    s.http.put(s.at("/kv/bin")).body(vec![0xffu8, 0xfe]).send().await.unwrap();
+    let r = s.http.get(s.at("/kv/bin")).header("Accept", "application/json").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["siblings"].as_array().unwrap().len(), 1);
     assert_eq!(body["siblings"][0]["encoding"], "base64");
     assert_eq!(body["siblings"][0]["value"], "//4=");
-    let r = s
-        .http
-        .get(s.at("/kv/missing"))
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.get(s.at("/kv/missing")).header("Accept", "application/json").send().await.unwrap();
     assert_eq!(r.status(), 404);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "not_found");
@@ -152,10 +106,7 @@ async fn delete_leaves_a_tombstone_with_context() {
     let s = Server::start(&[]).await;
     let (status, _, body) = s.get("never").await;
     assert_eq!(status, 404);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["code"],
-        "not_found"
-    );
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["code"], "not_found");
 
     s.put("k", "v", None).await;
     let r = s.http.delete(s.at("/kv/k")).send().await.unwrap();
@@ -170,15 +121,7 @@ async fn delete_leaves_a_tombstone_with_context() {
     assert_eq!((status, body.as_str()), (200, "again"));
 
     // Deleting a key never written also writes a tombstone.
-    assert_eq!(
-        s.http
-            .delete(s.at("/kv/fresh"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    assert_eq!(s.http.delete(s.at("/kv/fresh")).send().await.unwrap().status(), 204);
     let (status, ctx, _) = s.get("fresh").await;
     assert_eq!(status, 404);
     assert!(ctx.is_some());
@@ -191,26 +134,15 @@ async fn a_delete_concurrent_with_a_write_is_a_deleted_sibling() {
     let (_, ctx, _) = s.get("k").await;
     let ctx = ctx.unwrap();
     s.put("k", "v2", Some(&ctx)).await;
-    let r = s
-        .http
-        .delete(s.at("/kv/k"))
-        .header("X-Context", &ctx)
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.delete(s.at("/kv/k")).header("X-Context", &ctx).send().await.unwrap();
     assert_eq!(r.status(), 204);
     let r = s.http.get(s.at("/kv/k")).send().await.unwrap();
     assert_eq!(r.status(), 300);
     let body: Value = r.json().await.unwrap();
     let sibs = body["siblings"].as_array().unwrap();
     assert_eq!(sibs.len(), 2);
-    let tomb = sibs
-        .iter()
-        .find(|s| s["deleted"] == true)
-        .expect("a deleted sibling");
-    assert!(
-        tomb["value"].is_null() && tomb["encoding"].is_null() && tomb["content_type"].is_null()
-    );
+    let tomb = sibs.iter().find(|s| s["deleted"] == true).expect("a deleted sibling");
+    assert!(tomb["value"].is_null() && tomb["encoding"].is_null() && tomb["content_type"].is_null());
     assert!(tomb["timestamp"].is_u64());
     let live = sibs.iter().find(|s| s["deleted"] == false).unwrap();
     assert_eq!(live["value"], "v2");
@@ -219,30 +151,13 @@ async fn a_delete_concurrent_with_a_write_is_a_deleted_sibling() {
 #[tokio::test]
 async fn ttl_expires_and_is_purged() {
     let s = Server::start(&[]).await;
-    let r = s
-        .http
-        .put(s.at("/kv/short?ttl=1"))
-        .body("soon gone")
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.put(s.at("/kv/short?ttl=1")).body("soon gone").send().await.unwrap();
     assert_eq!(r.status(), 204);
     s.put("long", "stays", None).await;
     assert_eq!(s.get("short").await.0, 200);
-    eventually("ttl key reads as 404", || async {
-        s.get("short").await.0 == 404
-    })
-    .await;
+    eventually("ttl key reads as 404", || async { s.get("short").await.0 == 404 }).await;
     eventually("expired key purged from storage", || async {
-        let r: Value = s
-            .http
-            .get(s.at("/cluster/replicas/short"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = s.http.get(s.at("/cluster/replicas/short")).send().await.unwrap().json().await.unwrap();
         r["replicas"][0]["versions"].as_array().unwrap().is_empty()
     })
     .await;
@@ -254,29 +169,10 @@ async fn tombstones_are_purged_only_after_the_grace_period() {
     let s = Server::start(&["--tombstone-grace-ms", "300"]).await;
     s.put("k", "v", None).await;
     s.http.delete(s.at("/kv/k")).send().await.unwrap();
-    let r: Value = s
-        .http
-        .get(s.at("/cluster/replicas/k"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        r["replicas"][0]["versions"][0]["deleted"], true,
-        "tombstone kept during grace: {r}"
-    );
+    let r: Value = s.http.get(s.at("/cluster/replicas/k")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["replicas"][0]["versions"][0]["deleted"], true, "tombstone kept during grace: {r}");
     eventually("tombstone purged after grace", || async {
-        let r: Value = s
-            .http
-            .get(s.at("/cluster/replicas/k"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = s.http.get(s.at("/cluster/replicas/k")).send().await.unwrap().json().await.unwrap();
         r["replicas"][0]["versions"].as_array().unwrap().is_empty()
     })
     .await;
@@ -286,15 +182,7 @@ async fn tombstones_are_purged_only_after_the_grace_period() {
     // With the default grace (a day) the tombstone stays.
     let d = Server::start(&[]).await;
     d.http.delete(d.at("/kv/k")).send().await.unwrap();
-    let r: Value = d
-        .http
-        .get(d.at("/cluster/replicas/k"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = d.http.get(d.at("/cluster/replicas/k")).send().await.unwrap().json().await.unwrap();
     assert_eq!(r["replicas"][0]["versions"].as_array().unwrap().len(), 1);
 }
 
@@ -306,27 +194,12 @@ async fn sibling_cap_refuses_growth_but_never_resolution() {
     let ctx = ctx.unwrap();
     assert_eq!(s.put("k", "a", Some(&ctx)).await.0, 204);
     assert_eq!(s.put("k", "b", Some(&ctx)).await.0, 204);
-    let r = s
-        .http
-        .put(s.at("/kv/k"))
-        .header("X-Context", &ctx)
-        .body("c")
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.put(s.at("/kv/k")).header("X-Context", &ctx).body("c").send().await.unwrap();
     assert_eq!(r.status(), 409);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "too_many_siblings");
     // Nothing changed.
-    let body: Value = s
-        .http
-        .get(s.at("/kv/k"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = s.http.get(s.at("/kv/k")).send().await.unwrap().json().await.unwrap();
     assert_eq!(body["siblings"].as_array().unwrap().len(), 2);
     // A write with the read's context resolves.
     let read_ctx = body["context"].as_str().unwrap();
@@ -338,22 +211,11 @@ async fn sibling_cap_refuses_growth_but_never_resolution() {
 async fn quorum_parameters_are_capped_by_a_single_member() {
     let s = Server::start(&[]).await;
     for q in ["w=1", "w=quorum", "w=all", "w=async"] {
-        let r = s
-            .http
-            .put(s.at(&format!("/kv/k?{q}")))
-            .body(q)
-            .send()
-            .await
-            .unwrap();
+        let r = s.http.put(s.at(&format!("/kv/k?{q}"))).body(q).send().await.unwrap();
         assert_eq!(r.status(), 204, "{q}");
     }
     for q in ["r=1", "r=quorum", "r=all"] {
-        let r = s
-            .http
-            .get(s.at(&format!("/kv/k?{q}")))
-            .send()
-            .await
-            .unwrap();
+        let r = s.http.get(s.at(&format!("/kv/k?{q}"))).send().await.unwrap();
         assert_eq!(r.status(), 200, "{q}");
     }
     let r = s.http.delete(s.at("/kv/k?w=all")).send().await.unwrap();
@@ -363,59 +225,24 @@ async fn quorum_parameters_are_capped_by_a_single_member() {
 #[tokio::test]
 async fn inspection_routes_report_the_single_node() {
     let s = Server::start(&["--node-id", "solo-1", "--partitions", "8"]).await;
-    let h: Value = s
-        .http
-        .get(s.at("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: Value = s.http.get(s.at("/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["node_id"], "solo-1");
 
-    let m: Value = s
-        .http
-        .get(s.at("/cluster/members"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value = s.http.get(s.at("/cluster/members")).send().await.unwrap().json().await.unwrap();
     assert_eq!(m["node_id"], "solo-1");
     let me = &m["members"][0];
-    assert_eq!(
-        (me["id"].as_str(), me["status"].as_str()),
-        (Some("solo-1"), Some("alive"))
-    );
+    assert_eq!((me["id"].as_str(), me["status"].as_str()), (Some("solo-1"), Some("alive")));
     assert_eq!(me["address"], s.url.as_str());
     assert!(humantime::parse_rfc3339(me["updated_at"].as_str().unwrap()).is_ok());
     let hb = me["heartbeat"].as_u64().unwrap();
     eventually("heartbeat advances", || async {
-        let m: Value = s
-            .http
-            .get(s.at("/cluster/members"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let m: Value = s.http.get(s.at("/cluster/members")).send().await.unwrap().json().await.unwrap();
         m["members"][0]["heartbeat"].as_u64().unwrap() > hb
     })
     .await;
 
-    let ring: Value = s
-        .http
-        .get(s.at("/cluster/ring"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ring: Value = s.http.get(s.at("/cluster/ring")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ring["partition_count"], 8);
     assert_eq!(ring["replicas"], 3);
     let parts = ring["partitions"].as_array().unwrap();
@@ -429,48 +256,21 @@ async fn inspection_routes_report_the_single_node() {
     }
 
     s.put("k", "v", None).await;
-    let r: Value = s
-        .http
-        .get(s.at("/cluster/replicas/k"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = s.http.get(s.at("/cluster/replicas/k")).send().await.unwrap().json().await.unwrap();
     assert_eq!(r["key"], "k");
     assert!(r["partition"].as_u64().unwrap() < 8);
     assert_eq!(r["preference_list"], serde_json::json!(["solo-1"]));
     let rep = &r["replicas"][0];
-    assert_eq!(
-        (rep["node"].as_str(), rep["reachable"].as_bool()),
-        (Some("solo-1"), Some(true))
-    );
+    assert_eq!((rep["node"].as_str(), rep["reachable"].as_bool()), (Some("solo-1"), Some(true)));
     let v = &rep["versions"][0];
     assert!(v["clock"]["solo-1"].as_u64().unwrap() >= 1);
     assert_eq!(v["deleted"], false);
     assert!(v["timestamp"].is_u64());
 
-    let text = s
-        .http
-        .get(s.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.contains(
-            "dynakv_http_requests_total{method=\"PUT\",route=\"/kv/{key}\",status=\"204\"}"
-        ),
-        "{text}"
-    );
+    let text = s.http.get(s.at("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("dynakv_http_requests_total{method=\"PUT\",route=\"/kv/{key}\",status=\"204\"}"), "{text}");
     assert!(text.contains("dynakv_http_request_duration_seconds_bucket"));
-    assert!(
-        !text.contains("route=\"/kv/k\""),
-        "raw keys must not be labels"
-    );
+    assert!(!text.contains("route=\"/kv/k\""), "raw keys must not be labels");
 }
 
 #[tokio::test]

@@ -7,10 +7,7 @@ use crate::support::Server;
 
 async fn assert_error(r: reqwest::Response, status: u16, code: &str) {
     assert_eq!(r.status().as_u16(), status, "expected {status} {code}");
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/json"));
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], code, "{body}");
     assert!(!body["error"].as_str().unwrap().is_empty());
@@ -18,133 +15,46 @@ async fn assert_error(r: reqwest::Response, status: u16, code: &str) {
 
 /// The node still serves, and `key` was never stored.
 async fn assert_nothing_stored(s: &Server, key: &str) {
-    assert_eq!(
-        s.http.get(s.at("/health")).send().await.unwrap().status(),
-        200
-    );
-    let r: Value = s
-        .http
-        .get(s.at(&format!("/cluster/replicas/{key}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        r["replicas"][0]["versions"],
-        serde_json::json!([]),
-        "{key} was stored: {r}"
-    );
+    assert_eq!(s.http.get(s.at("/health")).send().await.unwrap().status(), 200);
+    let r: Value = s.http.get(s.at(&format!("/cluster/replicas/{key}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["replicas"][0]["versions"], serde_json::json!([]), "{key} was stored: {r}");
 }
 
 #[tokio::test]
 async fn bad_keys() {
     let s = Server::start(&["--max-key-bytes", "16"]).await;
-    assert_error(
-        s.http.put(s.at("/kv/")).body("v").send().await.unwrap(),
-        400,
-        "invalid_key",
-    )
-    .await;
-    assert_error(
-        s.http.get(s.at("/kv/")).send().await.unwrap(),
-        400,
-        "invalid_key",
-    )
-    .await;
+    assert_error(s.http.put(s.at("/kv/")).body("v").send().await.unwrap(), 400, "invalid_key").await;
+    assert_error(s.http.get(s.at("/kv/")).send().await.unwrap(), 400, "invalid_key").await;
     let long = "k".repeat(17);
-    assert_error(
-        s.http
-            .put(s.at(&format!("/kv/{long}")))
-            .body("v")
-            .send()
-            .await
-            .unwrap(),
-        413,
-        "key_too_large",
-    )
-    .await;
-    assert_error(
-        s.http
-            .get(s.at(&format!("/kv/{long}")))
-            .send()
-            .await
-            .unwrap(),
-        413,
-        "key_too_large",
-    )
-    .await;
+    assert_error(s.http.put(s.at(&format!("/kv/{long}"))).body("v").send().await.unwrap(), 413, "key_too_large").await;
+    assert_error(s.http.get(s.at(&format!("/kv/{long}"))).send().await.unwrap(), 413, "key_too_large").await;
     // Exactly at the limit is fine.
     let max = "k".repeat(16);
     assert_eq!(s.put(&max, "v", None).await.0, 204);
     // Percent-decoding that is not UTF-8.
-    assert_error(
-        s.http
-            .put(s.at("/kv/%FF%FE"))
-            .body("v")
-            .send()
-            .await
-            .unwrap(),
-        400,
-        "invalid_key",
-    )
-    .await;
+    assert_error(s.http.put(s.at("/kv/%FF%FE")).body("v").send().await.unwrap(), 400, "invalid_key").await;
     // Multi-byte UTF-8 counts bytes, not characters: 6 x 3 bytes = 18 > 16.
     let wide = "%E2%82%AC".repeat(6);
-    assert_error(
-        s.http
-            .put(s.at(&format!("/kv/{wide}")))
-            .body("v")
-            .send()
-            .await
-            .unwrap(),
-        413,
-        "key_too_large",
-    )
-    .await;
-    assert_eq!(
-        s.http.get(s.at("/health")).send().await.unwrap().status(),
-        200
-    );
+    assert_error(s.http.put(s.at(&format!("/kv/{wide}"))).body("v").send().await.unwrap(), 413, "key_too_large").await;
+    assert_eq!(s.http.get(s.at("/health")).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
 async fn values_over_the_limit_are_413_and_not_stored() {
     let s = Server::start(&["--max-value-bytes", "1024"]).await;
-    let r = s
-        .http
-        .put(s.at("/kv/big"))
-        .body(vec![b'x'; 1025])
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.put(s.at("/kv/big")).body(vec![b'x'; 1025]).send().await.unwrap();
     assert_error(r, 413, "value_too_large").await;
     assert_nothing_stored(&s, "big").await;
     // Chunked upload without Content-Length is cut off too.
     let stream = futures_stream(vec![vec![b'y'; 800], vec![b'y'; 800]]);
-    let r = s
-        .http
-        .put(s.at("/kv/big"))
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.put(s.at("/kv/big")).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
     assert_error(r, 413, "value_too_large").await;
     assert_nothing_stored(&s, "big").await;
-    let r = s
-        .http
-        .put(s.at("/kv/ok"))
-        .body(vec![b'x'; 1024])
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.put(s.at("/kv/ok")).body(vec![b'x'; 1024]).send().await.unwrap();
     assert_eq!(r.status(), 204);
 }
 
-fn futures_stream(
-    chunks: Vec<Vec<u8>>,
-) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+fn futures_stream(chunks: Vec<Vec<u8>>) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     for c in chunks {
         tx.send(Ok(c)).unwrap();
@@ -162,29 +72,10 @@ async fn malformed_or_tampered_contexts_are_400() {
     let i = tampered.len() / 2;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    for bad in [
-        "garbage!",
-        "AAAA",
-        "dGhpcyBpcyBub3QgYSBjb250ZXh0IGF0IGFsbA",
-        &tampered,
-        &ctx[..ctx.len() - 2],
-    ] {
-        let r = s
-            .http
-            .put(s.at("/kv/other"))
-            .header("X-Context", bad)
-            .body("x")
-            .send()
-            .await
-            .unwrap();
+    for bad in ["garbage!", "AAAA", "dGhpcyBpcyBub3QgYSBjb250ZXh0IGF0IGFsbA", &tampered, &ctx[..ctx.len() - 2]] {
+        let r = s.http.put(s.at("/kv/other")).header("X-Context", bad).body("x").send().await.unwrap();
         assert_error(r, 400, "invalid_context").await;
-        let r = s
-            .http
-            .delete(s.at("/kv/other"))
-            .header("X-Context", bad)
-            .send()
-            .await
-            .unwrap();
+        let r = s.http.delete(s.at("/kv/other")).header("X-Context", bad).send().await.unwrap();
         assert_error(r, 400, "invalid_context").await;
     }
     assert_nothing_stored(&s, "other").await;
@@ -194,48 +85,18 @@ async fn malformed_or_tampered_contexts_are_400() {
 #[tokio::test]
 async fn unknown_r_w_and_ttl_values_are_400() {
     let s = Server::start(&[]).await;
-    for q in [
-        "w=0",
-        "w=2",
-        "w=-1",
-        "w=most",
-        "w=",
-        "ttl=0",
-        "ttl=-5",
-        "ttl=abc",
-        "ttl=1.5",
-        "ttl=99999999999999999999",
-    ] {
-        let r = s
-            .http
-            .put(s.at(&format!("/kv/q?{q}")))
-            .body("v")
-            .send()
-            .await
-            .unwrap();
-        let code = if q.starts_with('w') {
-            "invalid_quorum"
-        } else {
-            "invalid_ttl"
-        };
+    for q in ["w=0", "w=2", "w=-1", "w=most", "w=", "ttl=0", "ttl=-5", "ttl=abc", "ttl=1.5", "ttl=99999999999999999999"]
+    {
+        let r = s.http.put(s.at(&format!("/kv/q?{q}"))).body("v").send().await.unwrap();
+        let code = if q.starts_with('w') { "invalid_quorum" } else { "invalid_ttl" };
         assert_error(r, 400, code).await;
     }
     for q in ["r=0", "r=2", "r=async", "r=x"] {
-        let r = s
-            .http
-            .get(s.at(&format!("/kv/q?{q}")))
-            .send()
-            .await
-            .unwrap();
+        let r = s.http.get(s.at(&format!("/kv/q?{q}"))).send().await.unwrap();
         assert_error(r, 400, "invalid_quorum").await;
     }
     for q in ["w=9", "w=none"] {
-        let r = s
-            .http
-            .delete(s.at(&format!("/kv/q?{q}")))
-            .send()
-            .await
-            .unwrap();
+        let r = s.http.delete(s.at(&format!("/kv/q?{q}"))).send().await.unwrap();
         assert_error(r, 400, "invalid_quorum").await;
     }
     assert_nothing_stored(&s, "q").await;
@@ -244,42 +105,12 @@ async fn unknown_r_w_and_ttl_values_are_400() {
 #[tokio::test]
 async fn unknown_routes_and_methods_are_json() {
     let s = Server::start(&[]).await;
-    assert_error(
-        s.http.get(s.at("/nope")).send().await.unwrap(),
-        404,
-        "route_not_found",
-    )
-    .await;
-    assert_error(
-        s.http.get(s.at("/kv")).send().await.unwrap(),
-        400,
-        "invalid_key",
-    )
-    .await;
-    assert_error(
-        s.http.post(s.at("/kv/k")).body("v").send().await.unwrap(),
-        405,
-        "method_not_allowed",
-    )
-    .await;
-    assert_error(
-        s.http.patch(s.at("/kv/k")).send().await.unwrap(),
-        405,
-        "method_not_allowed",
-    )
-    .await;
-    assert_error(
-        s.http.delete(s.at("/health")).send().await.unwrap(),
-        405,
-        "method_not_allowed",
-    )
-    .await;
-    assert_error(
-        s.http.get(s.at("/cluster/leave")).send().await.unwrap(),
-        405,
-        "method_not_allowed",
-    )
-    .await;
+    assert_error(s.http.get(s.at("/nope")).send().await.unwrap(), 404, "route_not_found").await;
+    assert_error(s.http.get(s.at("/kv")).send().await.unwrap(), 400, "invalid_key").await;
+    assert_error(s.http.post(s.at("/kv/k")).body("v").send().await.unwrap(), 405, "method_not_allowed").await;
+    assert_error(s.http.patch(s.at("/kv/k")).send().await.unwrap(), 405, "method_not_allowed").await;
+    assert_error(s.http.delete(s.at("/health")).send().await.unwrap(), 405, "method_not_allowed").await;
+    assert_error(s.http.get(s.at("/cluster/leave")).send().await.unwrap(), 405, "method_not_allowed").await;
     assert_nothing_stored(&s, "k").await;
 }
 
@@ -287,14 +118,7 @@ async fn unknown_routes_and_methods_are_json() {
 async fn bad_content_type_is_400() {
     let s = Server::start(&[]).await;
     let long = "a/".to_string() + &"b".repeat(300);
-    let r = s
-        .http
-        .put(s.at("/kv/ct"))
-        .header("Content-Type", long)
-        .body("v")
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.put(s.at("/kv/ct")).header("Content-Type", long).body("v").send().await.unwrap();
     assert_error(r, 400, "invalid_content_type").await;
     assert_nothing_stored(&s, "ct").await;
 }

@@ -8,12 +8,7 @@ use crate::support::Server;
 
 async fn write_many(s: &Server, n: usize) {
     for i in 0..n {
-        assert_eq!(
-            s.put(&format!("key-{i}"), &format!("value-{i}"), None)
-                .await
-                .0,
-            204
-        );
+        assert_eq!(s.put(&format!("key-{i}"), &format!("value-{i}"), None).await.0, 204);
     }
 }
 
@@ -27,16 +22,7 @@ async fn assert_all_there(s: &Server, n: usize) {
 #[tokio::test]
 async fn graceful_restart_keeps_data_and_node_id() {
     let mut s = Server::start(&[]).await;
-    let id = s
-        .http
-        .get(s.at("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["node_id"]
-        .clone();
+    let id = s.http.get(s.at("/health")).send().await.unwrap().json::<Value>().await.unwrap()["node_id"].clone();
     let hb = heartbeat(&s).await;
     write_many(&s, 50).await;
     // Siblings and tombstones survive too.
@@ -49,29 +35,14 @@ async fn graceful_restart_keeps_data_and_node_id() {
     assert!(s.terminate().success(), "SIGTERM must exit 0");
     s.restart().await;
 
-    let id2 = s
-        .http
-        .get(s.at("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["node_id"]
-        .clone();
+    let id2 = s.http.get(s.at("/health")).send().await.unwrap().json::<Value>().await.unwrap()["node_id"].clone();
     assert_eq!(id, id2, "node id must survive a restart");
-    assert!(
-        heartbeat(&s).await > hb,
-        "heartbeat must stay monotonic across restarts"
-    );
+    assert!(heartbeat(&s).await > hb, "heartbeat must stay monotonic across restarts");
     assert_eq!(s.get("key-0").await.0, 404);
     for i in 1..50 {
         assert_eq!(s.get(&format!("key-{i}")).await.2, format!("value-{i}"));
     }
-    assert_eq!(
-        s.http.get(s.at("/kv/sib")).send().await.unwrap().status(),
-        300
-    );
+    assert_eq!(s.http.get(s.at("/kv/sib")).send().await.unwrap().status(), 300);
 }
 
 #[tokio::test]
@@ -97,12 +68,7 @@ async fn sigkill_straight_after_the_ack_with_sync_writes_loses_nothing() {
         tasks.push(tokio::spawn(async move {
             for i in 0..25 {
                 let k = t * 25 + i;
-                let r = http
-                    .put(format!("{url}/kv/key-{k}"))
-                    .body(format!("value-{k}"))
-                    .send()
-                    .await
-                    .unwrap();
+                let r = http.put(format!("{url}/kv/key-{k}")).body(format!("value-{k}")).send().await.unwrap();
                 assert_eq!(r.status(), 204);
             }
         }));
@@ -116,14 +82,6 @@ async fn sigkill_straight_after_the_ack_with_sync_writes_loses_nothing() {
 }
 
 async fn heartbeat(s: &Server) -> u64 {
-    let m: Value = s
-        .http
-        .get(s.at("/cluster/members"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value = s.http.get(s.at("/cluster/members")).send().await.unwrap().json().await.unwrap();
     m["members"][0]["heartbeat"].as_u64().unwrap()
 }

@@ -8,16 +8,12 @@ use dynakv::api::ROUTES;
 use crate::support::Server;
 
 fn spec() -> serde_yaml::Value {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
     serde_yaml::from_str(&text).unwrap()
 }
 
 fn served() -> BTreeSet<(String, String)> {
-    ROUTES
-        .iter()
-        .flat_map(|(p, ms)| ms.iter().map(move |m| (p.to_string(), m.to_string())))
-        .collect()
+    ROUTES.iter().flat_map(|(p, ms)| ms.iter().map(move |m| (p.to_string(), m.to_string()))).collect()
 }
 
 #[test]
@@ -48,17 +44,9 @@ async fn every_listed_route_is_served() {
         let r = s.http.request(m, &url).send().await.unwrap();
         let status = r.status().as_u16();
         let body = r.text().await.unwrap();
-        assert!(
-            status != 405 && !body.contains("route_not_found"),
-            "{method} {path}: {status} {body}"
-        );
+        assert!(status != 405 && !body.contains("route_not_found"), "{method} {path}: {status} {body}");
     }
     // And a route not in the list is not served.
-    let r = s
-        .http
-        .get(s.at("/internal/nothing-here"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.get(s.at("/internal/nothing-here")).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }

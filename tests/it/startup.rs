@@ -6,10 +6,7 @@ fn expect_failure(args: &[&str], needle: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (code, stderr) = start_error(args, &dir.path().join("data"));
     assert_ne!(code, 0, "{args:?} started");
-    assert!(
-        stderr.contains(needle),
-        "{args:?}: stderr {stderr:?} lacks {needle:?}"
-    );
+    assert!(stderr.contains(needle), "{args:?}: stderr {stderr:?} lacks {needle:?}");
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
 }
 
@@ -21,19 +18,9 @@ fn bad_flags_and_values() {
     expect_failure(&["--vnodes", "0"], "--vnodes");
     expect_failure(&["--read-quorum", "0"], "--read-quorum");
     expect_failure(&["--write-quorum", "x"], "--write-quorum");
+    expect_failure(&["--replicas", "2", "--read-quorum", "3"], "--read-quorum (3) must not exceed --replicas (2)");
     expect_failure(
-        &["--replicas", "2", "--read-quorum", "3"],
-        "--read-quorum (3) must not exceed --replicas (2)",
-    );
-    expect_failure(
-        &[
-            "--replicas",
-            "1",
-            "--write-quorum",
-            "2",
-            "--read-quorum",
-            "1",
-        ],
+        &["--replicas", "1", "--write-quorum", "2", "--read-quorum", "1"],
         "--write-quorum (2) must not exceed",
     );
     expect_failure(&["--listen", "not-an-address"], "--listen");
@@ -78,14 +65,8 @@ async fn a_data_dir_in_use_is_refused_and_the_first_node_keeps_serving() {
     let s = Server::start(&[]).await;
     let (code, stderr) = start_error(&[], &s.data_dir());
     assert_ne!(code, 0);
-    assert!(
-        stderr.contains("locked by another running dynakv node"),
-        "{stderr}"
-    );
-    assert_eq!(
-        s.http.get(s.at("/health")).send().await.unwrap().status(),
-        200
-    );
+    assert!(stderr.contains("locked by another running dynakv node"), "{stderr}");
+    assert_eq!(s.http.get(s.at("/health")).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -114,11 +95,7 @@ async fn environment_variables_configure_the_node() {
         .unwrap();
     let http = crate::support::client();
     let ring = crate::support::eventually_opt(|| async {
-        let r = http
-            .get(format!("http://127.0.0.1:{port}/cluster/ring"))
-            .send()
-            .await
-            .ok()?;
+        let r = http.get(format!("http://127.0.0.1:{port}/cluster/ring")).send().await.ok()?;
         r.json::<serde_json::Value>().await.ok()
     })
     .await;

@@ -21,11 +21,7 @@ pub fn binary() -> &'static str {
 /// A free port on 127.0.0.1 (bound and released; a race is possible but rare,
 /// and `Server::start` retries on a bind failure).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running node process.
@@ -152,10 +148,7 @@ impl Server {
 
     /// PUT a value; returns (status, X-Context).
     pub async fn put(&self, key: &str, value: &str, ctx: Option<&str>) -> (u16, Option<String>) {
-        let mut req = self
-            .http
-            .put(self.at(&format!("/kv/{key}")))
-            .body(value.to_string());
+        let mut req = self.http.put(self.at(&format!("/kv/{key}"))).body(value.to_string());
         if let Some(c) = ctx {
             req = req.header("X-Context", c);
         }
@@ -165,12 +158,7 @@ impl Server {
 
     /// GET a key; returns (status, X-Context, body).
     pub async fn get(&self, key: &str) -> (u16, Option<String>, String) {
-        let r = self
-            .http
-            .get(self.at(&format!("/kv/{key}")))
-            .send()
-            .await
-            .unwrap();
+        let r = self.http.get(self.at(&format!("/kv/{key}"))).send().await.unwrap();
         let ctx = context_of(&r);
         (r.status().as_u16(), ctx, r.text().await.unwrap())
     }
@@ -187,18 +175,12 @@ impl Drop for Server {
 
 /// A client that never goes through a proxy.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 /// The `X-Context` header of a response.
 pub fn context_of(r: &reqwest::Response) -> Option<String> {
-    r.headers()
-        .get("x-context")
-        .map(|v| v.to_str().unwrap().to_string())
+    r.headers().get("x-context").map(|v| v.to_str().unwrap().to_string())
 }
 
 /// Polls `f` until it returns `Some`, or `None` at the deadline.
@@ -240,14 +222,8 @@ where
 /// (exit code, stderr).
 pub fn start_error(args: &[&str], data_dir: &Path) -> (i32, String) {
     let mut cmd = Command::new(binary());
-    cmd.arg("--data-dir")
-        .arg(data_dir)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()));
+    cmd.arg("--data-dir").arg(data_dir).arg("--listen").arg(format!("127.0.0.1:{}", free_port()));
     cmd.args(args).env("RUST_LOG", "off");
     let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }

@@ -1,0 +1,114 @@
+//! `/internal/*`: node-to-node routes (gossip, replica read and write,
+//! hints). Guarded by `--cluster-secret` when it is set: a request without
+//! it gets 401 and changes nothing. Bodies that do not decode get 400.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+
+use super::error::ApiError;
+use crate::config::valid_node_id;
+use crate::coordinator::merge_local;
+use crate::node::Node;
+use crate::peer::{self, GossipMessage, HintRequest, ReadRequest, WriteRequest, SECRET_HEADER};
+
+/// Largest gossip body accepted.
+pub const MAX_GOSSIP_BYTES: usize = 1 << 20;
+/// Most members a gossip message may list.
+const MAX_MEMBERS: usize = 10_000;
+
+/// Rejects internal requests without the cluster secret.
+pub async fn require_secret(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    if let Some(secret) = &node.cfg.cluster_secret {
+        let given = req.headers().get(SECRET_HEADER).map(|v| v.as_bytes());
+        if !given.is_some_and(|g| constant_time_eq(g, secret.as_bytes())) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /internal/gossip`: merge the sender's table, answer with ours.
+pub async fn gossip(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<GossipMessage>, ApiError> {
+    if body.len() > MAX_GOSSIP_BYTES {
+        return Err(ApiError::InvalidBody("gossip body too large".into()));
+    }
+    let msg: GossipMessage =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(format!("invalid gossip JSON: {e}")))?;
+    if msg.partitions != node.cfg.partitions {
+        return Err(ApiError::InvalidBody(format!(
+            "sender has --partitions {}, this node {}; Q must match cluster-wide",
+            msg.partitions, node.cfg.partitions
+        )));
+    }
+    if msg.members.len() > MAX_MEMBERS {
+        return Err(ApiError::InvalidBody("too many members".into()));
+    }
+    for m in &msg.members {
+        let url_ok = m.address.starts_with("http://") || m.address.starts_with("https://");
+        if !valid_node_id(&m.id) || !url_ok || m.address.len() > 512 {
+            return Err(ApiError::InvalidBody(format!("invalid member entry {:?}", m.id)));
+        }
+    }
+    node.apply_gossip(&msg.members);
+    Ok(Json(node.gossip_message()))
+}
+
+/// `POST /internal/replica/read`: this node's record of a key.
+pub async fn replica_read(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ReadRequest = decode(&node, &body)?;
+    check_key(&node, &req.key)?;
+    let partition = node.ring().partition_of(&req.key);
+    let record = node.storage.get(partition, &req.key).map_err(crate::coordinator::CoordError::from)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], peer::encode(&record)).into_response())
+}
+
+/// `POST /internal/replica/write`: merge a sibling set into this node's copy.
+pub async fn replica_write(State(node): State<Arc<Node>>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let req: WriteRequest = decode(&node, &body)?;
+    check_key(&node, &req.key)?;
+    merge_local(&node, &req.key, &req.record).map_err(crate::coordinator::CoordError::from)?;
+    node.storage.durable().await.map_err(crate::coordinator::CoordError::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /internal/hint`: keep a write for an unreachable owner.
+pub async fn hint(State(node): State<Arc<Node>>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let req: HintRequest = decode(&node, &body)?;
+    check_key(&node, &req.key)?;
+    if !valid_node_id(&req.owner) {
+        return Err(ApiError::InvalidBody("invalid owner id".into()));
+    }
+    let partition = node.ring().partition_of(&req.key);
+    let kept = node
+        .storage
+        .store_hint(&req.owner, partition, &req.key, &req.record)
+        .map_err(crate::coordinator::CoordError::from)?;
+    if !kept {
+        return Err(ApiError::HintBacklogFull);
+    }
+    node.storage.durable().await.map_err(crate::coordinator::CoordError::from)?;
+    node.metrics.hints_stored.inc();
+    node.metrics.hints_pending.set(node.storage.hints_pending() as i64);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(_node: &Node, body: &'a [u8]) -> Result<T, ApiError> {
+    peer::decode(body).ok_or_else(|| ApiError::InvalidBody("body is not a dynakv internal message".into()))
+}
+
+fn check_key(node: &Node, key: &[u8]) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() as u64 > node.cfg.max_key_bytes || std::str::from_utf8(key).is_err() {
+        return Err(ApiError::InvalidBody("invalid key".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Node-to-node calls over `/internal/*`, on one pooled reqwest client
+//! (keep-alive; never a client per request), each bounded by
+//! `--request-timeout-ms`.
+//!
+//! Bodies: gossip is JSON (small, and readable in a capture); replica reads,
+//! writes and hints are `FORMAT (1 byte) | postcard(message)`, since they carry
+//! whole sibling sets with binary values. With `--cluster-secret` every call
+//! carries it in `x-dynakv-secret`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::membership::Digest;
+use crate::storage::Record;
+
+/// Header carrying the cluster secret.
+pub const SECRET_HEADER: &str = "x-dynakv-secret";
+/// Header marking a client request forwarded by another node (never forwarded again).
+pub const FORWARDED_HEADER: &str = "x-dynakv-forwarded";
+/// Internal routes.
+pub const GOSSIP_PATH: &str = "/internal/gossip";
+/// Replica read route.
+pub const READ_PATH: &str = "/internal/replica/read";
+/// Replica write route.
+pub const WRITE_PATH: &str = "/internal/replica/write";
+/// Hint route.
+pub const HINT_PATH: &str = "/internal/hint";
+
+const FORMAT: u8 = 1;
+
+/// One gossip exchange, either direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipMessage {
+    /// Sender's node id.
+    pub from: String,
+    /// Sender's Q: nodes with different Q must not form a cluster.
+    pub partitions: u32,
+    /// Everything the sender knows.
+    pub members: Vec<Digest>,
+}
+
+/// Ask a replica for its record of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+}
+
+/// Hand a replica a sibling set to merge into its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The state to merge (`sync`).
+    pub record: Record,
+}
+
+/// Ask a stand-in to keep a write for an unreachable owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintRequest {
+    /// The intended owner's node id.
+    pub owner: String,
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The state to deliver.
+    pub record: Record,
+}
+
+/// Encodes an internal binary message.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT];
+    out.extend(postcard::to_allocvec(msg).expect("plain data serializes"));
+    out
+}
+
+/// Decodes an internal binary message; `None` for anything malformed.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => postcard::from_bytes(rest).ok(),
+        _ => None,
+    }
+}
+
+/// Why a peer call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Connection refused, reset, or timed out.
+    #[error("unreachable: {0}")]
+    Unreachable(#[from] reqwest::Error),
+    /// The peer answered with an error status.
+    #[error("peer answered {0}")]
+    Status(u16),
+    /// The peer's answer did not decode.
+    #[error("peer sent a malformed body")]
+    Malformed,
+}
+
+impl PeerError {
+    /// Whether the request surely never reached the peer (so retrying it
+    /// elsewhere cannot apply it twice).
+    pub fn not_delivered(&self) -> bool {
+        matches!(self, PeerError::Unreachable(e) if e.is_connect())
+    }
+}
+
+/// The pooled client for every peer.
+#[derive(Clone)]
+pub struct Peers {
+    http: reqwest::Client,
+    secret: Option<String>,
+    timeout: Duration,
+}
+
+impl Peers {
+    /// A client with `timeout` per call.
+    pub fn new(timeout: Duration, secret: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .build()
+            .expect("reqwest client builds");
+        Self { http, secret, timeout }
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn post(&self, url: String) -> reqwest::RequestBuilder {
+        let req = self.http.post(url);
+        match &self.secret {
+            Some(s) => req.header(SECRET_HEADER, s),
+            None => req,
+        }
+    }
+
+    async fn call(&self, base: &str, path: &str, body: Vec<u8>) -> Result<Bytes, PeerError> {
+        let resp = self
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            return Err(PeerError::Status(resp.status().as_u16()));
+        }
+        Ok(resp.bytes().await?)
+    }
+
+    /// One push-pull gossip exchange, bounded by `limit`.
+    pub async fn gossip(&self, base: &str, msg: &GossipMessage, limit: Duration) -> Result<GossipMessage, PeerError> {
+        let resp = self.post(format!("{base}{GOSSIP_PATH}")).timeout(limit).json(msg).send().await?;
+        if !resp.status().is_success() {
+            return Err(PeerError::Status(resp.status().as_u16()));
+        }
+        resp.json().await.map_err(|_| PeerError::Malformed)
+    }
+
+    /// A replica's record of `key`.
+    pub async fn read(&self, base: &str, key: &[u8]) -> Result<Option<Record>, PeerError> {
+        let body = self.call(base, READ_PATH, encode(&ReadRequest { key: key.to_vec() })).await?;
+        decode::<Option<Record>>(&body).ok_or(PeerError::Malformed)
+    }
+
+    /// Merges `record` into a replica's state for `key`.
+    pub async fn write(&self, base: &str, key: &[u8], record: &Record) -> Result<(), PeerError> {
+        self.call(base, WRITE_PATH, encode(&WriteRequest { key: key.to_vec(), record: record.clone() })).await?;
+        Ok(())
+    }
+
+    /// Leaves `record` with a stand-in for `owner`.
+    pub async fn hint(&self, base: &str, owner: &str, key: &[u8], record: &Record) -> Result<(), PeerError> {
+        let msg = HintRequest { owner: owner.to_string(), key: key.to_vec(), record: record.clone() };
+        self.call(base, HINT_PATH, encode(&msg)).await?;
+        Ok(())
+    }
+
+    /// Relays a client request to another node unchanged (plus the
+    /// forwarded marker).
+    pub async fn forward(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path_and_query: &str,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Result<reqwest::Response, PeerError> {
+        // The receiving coordinator may itself wait for a direct attempt and a
+        // stand-in; give it that long and a little more.
+        let mut req = self
+            .http
+            .request(method, format!("{base}{path_and_query}"))
+            .timeout(self.timeout * 3 + Duration::from_millis(500))
+            .header(FORWARDED_HEADER, "1");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        Ok(req.body(body).send().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_messages_round_trip_and_garbage_is_none() {
+        let msg = ReadRequest { key: b"k".to_vec() };
+        assert_eq!(decode::<ReadRequest>(&encode(&msg)), Some(msg));
+        assert_eq!(decode::<ReadRequest>(b""), None);
+        assert_eq!(decode::<ReadRequest>(b"\x02abc"), None);
+        assert_eq!(decode::<WriteRequest>(b"\x01\xff\xff\xff\xff\xff"), None);
+    }
+}
