@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::{extract, X_CONTEXT};
 use crate::coordinator::{self, now_ms, Write};
-use crate::peer::FORWARDED_HEADER;
 use crate::node::Node;
+use crate::peer::FORWARDED_HEADER;
 use crate::storage::Content;
 use crate::version::{token, Context, Version};
 
@@ -161,7 +161,9 @@ async fn forward(
                 let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
                 let mut out = Response::builder().status(status);
                 for h in [header::CONTENT_TYPE, header::ALLOW, HeaderName::from_static(X_CONTEXT)] {
-                    if let Some(v) = resp.headers().get(h.as_str()).and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+                    if let Some(v) =
+                        resp.headers().get(h.as_str()).and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+                    {
                         out = out.header(h, v);
                     }
                 }

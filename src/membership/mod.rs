@@ -85,6 +85,9 @@ pub struct Digest {
 pub struct Table {
     me: String,
     members: BTreeMap<String, Member>,
+    /// When statuses were last derived: a long gap means this node itself was
+    /// stalled (paused, swapped out), not that everyone else went quiet.
+    last_refresh: SystemTime,
 }
 
 impl Table {
@@ -101,7 +104,7 @@ impl Table {
                 updated_at: now,
             },
         );
-        Self { me: me.to_string(), members }
+        Self { me: me.to_string(), members, last_refresh: now }
     }
 
     /// This node's id.
@@ -125,7 +128,19 @@ impl Table {
 
     /// Re-derives every other member's status from the time since its
     /// heartbeat last advanced. Returns whether any status changed.
+    ///
+    /// When this node itself was stalled for half the suspect timeout or more
+    /// since the last refresh, that gap is credited to every other member:
+    /// a node resuming from a pause must not declare the healthy cluster dead
+    /// and act alone.
     pub fn refresh(&mut self, now: SystemTime, t: Timeouts) -> bool {
+        let gap = now.duration_since(self.last_refresh).unwrap_or_default();
+        self.last_refresh = now;
+        if gap >= t.suspect_after / 2 {
+            for m in self.members.values_mut() {
+                m.updated_at += gap;
+            }
+        }
         let mut changed = false;
         for m in self.members.values_mut() {
             if m.id == self.me || m.status == Status::Left {
@@ -284,16 +299,38 @@ mod tests {
     fn silence_makes_suspect_then_dead_and_progress_revives() {
         let mut t = Table::new("a", "http://a", 1, at(0));
         t.merge(&[d("b", 1)], at(0));
-        assert!(!t.refresh(at(49), T));
-        assert!(t.refresh(at(50), T));
-        assert_eq!(t.get("b").unwrap().status, Status::Suspect);
-        assert_eq!(t.ring_members(), vec!["a", "b"], "suspect stays on the ring");
-        t.refresh(at(150), T);
-        assert_eq!(t.get("b").unwrap().status, Status::Dead);
+        // Refresh every 10 ms, as a running gossip loop does.
+        let mut changed_at = Vec::new();
+        for now in (10..=160).step_by(10) {
+            if t.refresh(at(now), T) {
+                changed_at.push((now, t.get("b").unwrap().status));
+            }
+            if now == 100 {
+                assert_eq!(t.ring_members(), vec!["a", "b"], "suspect stays on the ring");
+            }
+        }
+        assert_eq!(changed_at, vec![(50, Status::Suspect), (150, Status::Dead)]);
         assert_eq!(t.ring_members(), vec!["a"]);
         assert_eq!(t.not_left(), vec!["a", "b"]);
-        assert!(t.merge(&[d("b", 2)], at(200)));
+        assert!(t.merge(&[d("b", 2)], at(170)));
         assert_eq!(t.get("b").unwrap().status, Status::Alive);
+    }
+
+    #[test]
+    fn a_stall_of_this_node_is_not_blamed_on_the_others() {
+        let mut t = Table::new("a", "http://a", 1, at(0));
+        t.merge(&[d("b", 1)], at(0));
+        t.refresh(at(20), T);
+        // Our own loop was frozen for a long time: nobody becomes suspect.
+        assert!(!t.refresh(at(10_000), T));
+        assert_eq!(t.get("b").unwrap().status, Status::Alive);
+        // Regular refreshes from then on age b normally.
+        let mut now = 10_000;
+        while now < 10_100 {
+            now += 20;
+            t.refresh(at(now), T);
+        }
+        assert_eq!(t.get("b").unwrap().status, Status::Suspect);
     }
 
     #[test]
@@ -305,7 +342,9 @@ mod tests {
         assert!(t.merge(&[gone], at(1)));
         assert_eq!(t.get("b").unwrap().status, Status::Left);
         assert_eq!(t.ring_members(), vec!["a"]);
-        t.refresh(at(10_000), T);
+        for now in (10..=1000).step_by(10) {
+            t.refresh(at(now), T);
+        }
         assert_eq!(t.get("b").unwrap().status, Status::Left, "left is not aged into dead");
         assert!(t.merge(&[d("b", 6)], at(20_000)));
         assert_eq!(t.get("b").unwrap().status, Status::Alive);

@@ -3,6 +3,7 @@
 
 mod api;
 mod bad_input;
+mod cluster;
 mod durability;
 mod openapi;
 mod startup;

@@ -69,9 +69,12 @@ impl Server {
                 .arg("--data-dir")
                 .arg(self.data_dir())
                 .args(&self.args)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+                .stdout(Stdio::null());
+            // DYNAKV_TEST_LOG=debug shows the nodes' logs while debugging a test.
+            match std::env::var("DYNAKV_TEST_LOG") {
+                Ok(level) => cmd.env("RUST_LOG", level).stderr(Stdio::inherit()),
+                Err(_) => cmd.env("RUST_LOG", "warn").stderr(Stdio::null()),
+            };
             let mut child = cmd.spawn().unwrap();
             let start = Instant::now();
             let mut up = None;
@@ -113,6 +116,16 @@ impl Server {
         unsafe {
             libc::kill(self.pid() as i32, sig);
         }
+    }
+
+    /// SIGSTOP: the process stops answering but keeps its sockets.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Server::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
     }
 
     /// SIGTERM and wait for the exit status.
@@ -167,6 +180,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SAFETY: our own child; a stopped process must be continued to die promptly.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -226,4 +243,120 @@ pub fn start_error(args: &[&str], data_dir: &Path) -> (i32, String) {
     cmd.args(args).env("RUST_LOG", "off");
     let out = cmd.output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Fast timers for multi-node tests: generous enough that a busy 2-core CI
+/// machine does not make healthy nodes look suspect.
+pub const FAST: &[&str] = &[
+    "--gossip-interval-ms",
+    "50",
+    "--suspect-after-ms",
+    "2000",
+    "--dead-after-ms",
+    "6000",
+    "--request-timeout-ms",
+    "500",
+];
+
+/// Several nodes on 127.0.0.1, each seeded with only the first.
+pub struct Cluster {
+    /// The nodes, `n1`, `n2`, ...
+    pub nodes: Vec<Server>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes with ids `n1..`, [`FAST`] timers and `extra` flags,
+    /// and waits until every node sees every other alive.
+    pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Self::start_with(n, FAST, extra).await
+    }
+
+    /// Like [`Cluster::start`] with other timers.
+    pub async fn start_with(n: usize, timers: &[&str], extra: &[&str]) -> Cluster {
+        let mut nodes: Vec<Server> = Vec::new();
+        for i in 1..=n {
+            let id = format!("n{i}");
+            let mut args: Vec<&str> = vec!["--node-id", &id];
+            args.extend_from_slice(timers);
+            args.extend_from_slice(extra);
+            let seed;
+            if let Some(first) = nodes.first() {
+                seed = first.url.clone();
+                args.extend_from_slice(&["--seeds", &seed]);
+            }
+            nodes.push(Server::start(&args).await);
+        }
+        let c = Cluster { nodes };
+        c.wait_all_alive().await;
+        c
+    }
+
+    /// Node `i` (0-based).
+    pub fn node(&self, i: usize) -> &Server {
+        &self.nodes[i]
+    }
+
+    /// Index of the node with id `id`.
+    pub fn index_of(&self, id: &str) -> usize {
+        id.trim_start_matches('n').parse::<usize>().unwrap() - 1
+    }
+
+    /// Polls until every running node lists every node alive.
+    pub async fn wait_all_alive(&self) {
+        let n = self.nodes.len();
+        eventually("every node sees every node alive", || async {
+            for s in &self.nodes {
+                let statuses = member_statuses(s).await;
+                if statuses.len() != n || statuses.values().any(|st| st != "alive") {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
+
+    /// The preference list of `key` as node 0 reports it.
+    pub async fn preference_list(&self, key: &str) -> Vec<String> {
+        let r: serde_json::Value = self.nodes[0]
+            .http
+            .get(self.nodes[0].at(&format!("/cluster/replicas/{key}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["preference_list"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+    }
+}
+
+/// `id -> status` as node `s` sees it (empty if `s` does not answer).
+pub async fn member_statuses(s: &Server) -> std::collections::BTreeMap<String, String> {
+    let Ok(r) = s.http.get(s.at("/cluster/members")).send().await else { return Default::default() };
+    let Ok(m) = r.json::<serde_json::Value>().await else { return Default::default() };
+    m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap().to_string(), m["status"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// `(node, [(clock, deleted)])` for each replica of `key`, asked through `s`.
+pub async fn replica_versions(s: &Server, key: &str) -> Vec<(String, bool, Vec<serde_json::Value>)> {
+    let r: serde_json::Value =
+        s.http.get(s.at(&format!("/cluster/replicas/{key}"))).send().await.unwrap().json().await.unwrap();
+    r["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rep| {
+            (
+                rep["node"].as_str().unwrap().to_string(),
+                rep["reachable"].as_bool().unwrap(),
+                rep["versions"].as_array().unwrap().clone(),
+            )
+        })
+        .collect()
 }

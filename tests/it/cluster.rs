@@ -1,0 +1,403 @@
+//! Multi-node behaviour (issue 4): real processes on 127.0.0.1, each seeded
+//! with the first, made unreachable for real with SIGSTOP.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{context_of, eventually, member_statuses, replica_versions, Cluster, Server};
+
+async fn ring_nodes(s: &Server) -> std::collections::BTreeSet<String> {
+    let r: Value = s.http.get(s.at("/cluster/ring")).send().await.unwrap().json().await.unwrap();
+    r["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["preference_list"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// The sum over `nodes` of an unlabelled metric.
+async fn metric_sum(nodes: &[Server], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for s in nodes {
+        let text = s.http.get(s.at("/metrics")).send().await.unwrap().text().await.unwrap();
+        sum += text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    sum
+}
+
+async fn put(s: &Server, key: &str, value: &str, query: &str, ctx: Option<&str>) -> reqwest::Response {
+    let mut req = s.http.put(s.at(&format!("/kv/{key}{query}"))).body(value.to_string());
+    if let Some(c) = ctx {
+        req = req.header("X-Context", c);
+    }
+    req.send().await.unwrap()
+}
+
+async fn sibling_values(s: &Server, key: &str, query: &str) -> (u16, Vec<String>, Option<String>) {
+    let r = s.http.get(s.at(&format!("/kv/{key}{query}"))).header("Accept", "application/json").send().await.unwrap();
+    let status = r.status().as_u16();
+    let ctx = context_of(&r);
+    let body: Value = r.json().await.unwrap();
+    let mut values: Vec<String> = body["siblings"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s["value"].as_str().unwrap_or("<deleted>").to_string()).collect())
+        .unwrap_or_default();
+    values.sort();
+    (status, values, ctx)
+}
+
+#[tokio::test]
+async fn five_nodes_find_each_other_and_a_paused_node_goes_suspect_dead_and_back() {
+    let timers = [
+        "--gossip-interval-ms",
+        "50",
+        "--suspect-after-ms",
+        "800",
+        "--dead-after-ms",
+        "2500",
+        "--request-timeout-ms",
+        "300",
+    ];
+    let c = Cluster::start_with(5, &timers, &[]).await;
+    for s in &c.nodes {
+        assert_eq!(ring_nodes(s).await.len(), 5);
+    }
+    let paused = c.node(4);
+    paused.pause();
+    let others = &c.nodes[..4];
+    eventually("n5 suspect on every other node", || async {
+        for s in others {
+            if member_statuses(s).await.get("n5").map(String::as_str) != Some("suspect") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // Suspect stays on the ring.
+    assert!(ring_nodes(&others[0]).await.contains("n5"));
+    eventually("n5 dead on every other node and off every preference list", || async {
+        for s in others {
+            if member_statuses(s).await.get("n5").map(String::as_str) != Some("dead")
+                || ring_nodes(s).await.contains("n5")
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // Healthy nodes never looked suspect meanwhile.
+    for s in others {
+        let st = member_statuses(s).await;
+        assert!(st.iter().filter(|(id, _)| *id != "n5").all(|(_, v)| v == "alive"), "{st:?}");
+    }
+    paused.resume();
+    c.wait_all_alive().await;
+    eventually("n5 back on every ring", || async {
+        for s in &c.nodes {
+            if !ring_nodes(s).await.contains("n5") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // A key's requests reach its replicas from any node (forwarding).
+    let r = put(c.node(0), "fwd", "v", "?w=all", None).await;
+    assert_eq!(r.status(), 204);
+    for s in &c.nodes {
+        assert_eq!(s.get("fwd").await.2, "v");
+    }
+    let forwarded = metric_sum(&c.nodes, "dynakv_forwarded_requests_total").await;
+    assert!(forwarded >= 2.0, "with N=3 of 5 nodes, at least two requests were forwarded: {forwarded}");
+}
+
+#[tokio::test]
+async fn w_all_reaches_every_replica_and_r_1_reads_it_everywhere() {
+    let c = Cluster::start(3, &[]).await;
+    let r = put(c.node(1), "k", "everywhere", "?w=all", None).await;
+    assert_eq!(r.status(), 204);
+    for s in &c.nodes {
+        let r = s.http.get(s.at("/kv/k?r=1")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "everywhere");
+    }
+    let reps = replica_versions(c.node(0), "k").await;
+    assert_eq!(reps.len(), 3);
+    for (node, reachable, versions) in &reps {
+        assert!(reachable, "{node}");
+        assert_eq!(versions.len(), 1, "{node}: {versions:?}");
+        assert_eq!(versions[0]["clock"], reps[0].2[0]["clock"], "identical version on {node}");
+    }
+}
+
+#[tokio::test]
+async fn two_of_three_replicas_paused_fail_quorum_but_not_w1_or_async() {
+    let c = Cluster::start(3, &[]).await;
+    c.node(1).pause();
+    c.node(2).pause();
+    for w in ["all", "quorum"] {
+        let start = Instant::now();
+        let r = put(c.node(0), "k", w, &format!("?w={w}"), None).await;
+        assert!(start.elapsed() < Duration::from_secs(10), "w={w} took {:?}", start.elapsed());
+        assert_eq!(r.status(), 503, "w={w}");
+        assert!(context_of(&r).is_some(), "503 still carries the written version's context");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "quorum_not_met");
+        assert_eq!(body["acked"], 1);
+    }
+    for w in ["1", "async"] {
+        let r = put(c.node(0), "k", w, &format!("?w={w}"), None).await;
+        assert_eq!(r.status(), 204, "w={w}");
+    }
+    let r = c.node(0).http.get(c.node(0).at("/kv/k?r=quorum")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(c.node(0).http.get(c.node(0).at("/kv/k?r=1")).send().await.unwrap().text().await.unwrap(), "async");
+    c.node(1).resume();
+    c.node(2).resume();
+}
+
+#[tokio::test]
+async fn truck_car_bike() {
+    let c = Cluster::start(3, &[]).await;
+    let pref = c.preference_list("key1").await;
+    let primary = c.node(c.index_of(&pref[0]));
+    let replica = c.node(c.index_of(&pref[1]));
+
+    assert_eq!(put(primary, "key1", "TRUCK", "?w=all", None).await.status(), 204);
+    let (_, values, ctx) = sibling_values(replica, "key1", "?r=all").await;
+    assert_eq!(values, ["TRUCK"]);
+    let ctx = ctx.unwrap();
+
+    primary.pause();
+    assert_eq!(put(replica, "key1", "CAR", "?w=quorum", Some(&ctx)).await.status(), 204);
+    primary.resume();
+    c.wait_all_alive().await;
+
+    replica.pause();
+    assert_eq!(put(primary, "key1", "BIKE", "?w=quorum", Some(&ctx)).await.status(), 204);
+    replica.resume();
+    c.wait_all_alive().await;
+
+    let (status, values, ctx) = sibling_values(primary, "key1", "?r=all").await;
+    assert_eq!(status, 300);
+    assert_eq!(values, ["BIKE", "CAR"], "exactly the two concurrent writes, not TRUCK");
+
+    assert_eq!(put(replica, "key1", "SCOOTER", "?w=all", Some(&ctx.unwrap())).await.status(), 204);
+    for (node, reachable, versions) in replica_versions(c.node(0), "key1").await {
+        assert!(reachable);
+        assert_eq!(versions.len(), 1, "{node} holds {versions:?}");
+    }
+    assert_eq!(c.node(2).get("key1").await.2, "SCOOTER");
+}
+
+#[tokio::test]
+async fn hinted_handoff_delivers_writes_missed_by_a_paused_replica() {
+    let c = Cluster::start(3, &["--replicas", "2", "--write-quorum", "2", "--read-quorum", "1"]).await;
+    let paused_id = "n3";
+    // Preference lists while everyone answers (asking later would wait on n3).
+    let mut keys = Vec::new();
+    for i in 0..40 {
+        let key = format!("h{i}");
+        let pref = c.preference_list(&key).await;
+        if let Some(via) = pref.iter().find(|p| *p != paused_id).filter(|_| pref.iter().any(|p| p == paused_id)) {
+            keys.push((key, c.index_of(via)));
+        }
+    }
+    c.node(2).pause();
+    // Wait until the others see it suspect: writes then go straight to a stand-in.
+    eventually("n3 suspect", || async {
+        member_statuses(c.node(0)).await.get(paused_id).map(String::as_str) == Some("suspect")
+            && member_statuses(c.node(1)).await.get(paused_id).map(String::as_str) == Some("suspect")
+    })
+    .await;
+    for (i, (key, via)) in keys.iter().enumerate() {
+        let r = put(c.node(*via), key, &format!("v{i}"), "?w=2", None).await;
+        assert_eq!(r.status(), 204, "{key}");
+    }
+    let keys: Vec<String> = keys.into_iter().map(|(k, _)| k).collect();
+    assert!(
+        metric_sum(&c.nodes[..2], "dynakv_hints_stored_total").await >= keys.len() as f64,
+        "writes went to a stand-in"
+    );
+    assert!(keys.len() >= 5, "enough keys land on n3");
+    c.node(2).resume();
+    // No client reads of those keys: ask n3's own storage through its replica view.
+    let n3 = c.node(2);
+    eventually("every missed write handed to n3", || async {
+        for key in &keys {
+            let reps = replica_versions(n3, key).await;
+            let mine = reps.iter().find(|(n, _, _)| n == paused_id).unwrap();
+            if mine.2.len() != 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eventually("no hints pending", || async { metric_sum(&c.nodes, "dynakv_hints_pending").await == 0.0 }).await;
+    assert!(metric_sum(&c.nodes, "dynakv_hints_delivered_total").await >= keys.len() as f64);
+}
+
+#[tokio::test]
+async fn read_repair_fixes_a_stale_replica() {
+    let mut c = Cluster::start(3, &[]).await;
+    assert_eq!(put(c.node(0), "rr", "old", "?w=all", None).await.status(), 204);
+    // Killed, not paused: a paused process would still read the request
+    // queued in its socket once resumed.
+    c.nodes[2].kill();
+    assert_eq!(put(c.node(0), "rr", "new", "?w=quorum", None).await.status(), 204);
+    c.nodes[2].restart().await;
+    c.wait_all_alive().await;
+    let n3_clock = |reps: &[(String, bool, Vec<Value>)]| reps.iter().find(|r| r.0 == "n3").unwrap().2.clone();
+    let reps = replica_versions(c.node(0), "rr").await;
+    let fresh = reps.iter().find(|r| r.0 == "n1").unwrap().2.clone();
+    assert_ne!(n3_clock(&reps), fresh, "n3 missed the write");
+    let r = c.node(0).http.get(c.node(0).at("/kv/rr?r=all")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "new");
+    eventually("n3 repaired", || async { n3_clock(&replica_versions(c.node(0), "rr").await) == fresh }).await;
+    assert_eq!(c.node(2).http.get(c.node(2).at("/kv/rr?r=1")).send().await.unwrap().text().await.unwrap(), "new");
+}
+
+#[tokio::test]
+async fn ten_racing_clients_with_one_stale_context_leave_at_most_ten_siblings() {
+    let c = Cluster::start(3, &[]).await;
+    put(c.node(0), "race", "base", "?w=all", None).await;
+    let (_, _, ctx) = sibling_values(c.node(0), "race", "?r=all").await;
+    let ctx = ctx.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let s = c.node(i % 3);
+        let (http, url, ctx) = (s.http.clone(), s.at("/kv/race"), ctx.clone());
+        tasks.push(tokio::spawn(async move {
+            http.put(url).header("X-Context", ctx).body(format!("w{i}")).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 204);
+    }
+    let (status, values, ctx) = sibling_values(c.node(1), "race", "?r=all").await;
+    assert_eq!(status, 300);
+    assert!(values.len() <= 10 && values.len() >= 2, "{values:?}");
+    assert!(!values.contains(&"base".to_string()));
+    assert_eq!(put(c.node(2), "race", "one", "?w=all", Some(&ctx.unwrap())).await.status(), 204);
+    for (node, _, versions) in replica_versions(c.node(0), "race").await {
+        assert_eq!(versions.len(), 1, "{node}");
+    }
+    assert_eq!(c.node(0).get("race").await.2, "one");
+}
+
+#[tokio::test]
+async fn cluster_secret_guards_internal_routes() {
+    use dynakv::peer::{encode, WriteRequest};
+    use dynakv::storage::{Content, Record};
+    use dynakv::version::Context;
+
+    let c = Cluster::start(3, &["--cluster-secret", "s3cret"]).await;
+    assert_eq!(put(c.node(0), "k", "v", "?w=all", None).await.status(), 204);
+    assert_eq!(c.node(2).get("k").await.2, "v");
+
+    let rec = Record::new();
+    let ctx = Context::new();
+    let content = Content {
+        value: b"evil".to_vec(),
+        content_type: "text/plain".into(),
+        timestamp_ms: 1,
+        expires_at_ms: None,
+        deleted: false,
+    };
+    let rec = rec.update(&ctx, rec.next_dot(&ctx, "intruder", 0), content);
+    let body = encode(&WriteRequest { key: b"victim".to_vec(), record: rec });
+    let s = c.node(0);
+    for secret in [None, Some("wrong")] {
+        let mut req = s.http.post(s.at("/internal/replica/write")).body(body.clone());
+        if let Some(sec) = secret {
+            req = req.header("x-dynakv-secret", sec);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "unauthorized");
+        let r = s.http.post(s.at("/internal/gossip")).body("{}").send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    assert_eq!(s.get("victim").await.0, 404, "nothing stored");
+    // With the secret the same body is accepted.
+    let r = s
+        .http
+        .post(s.at("/internal/replica/write"))
+        .header("x-dynakv-secret", "s3cret")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+#[tokio::test]
+async fn internal_garbage_is_400_and_changes_nothing() {
+    let c = Cluster::start(2, &[]).await;
+    let s = c.node(0);
+    for (path, body) in [
+        ("/internal/gossip", "not json"),
+        (
+            "/internal/gossip",
+            r#"{"from":"x","partitions":64,"members":[{"id":"bad id","address":"http://x","heartbeat":1}]}"#,
+        ),
+        ("/internal/gossip", r#"{"from":"x","partitions":7,"members":[]}"#),
+        ("/internal/replica/write", "garbage"),
+        ("/internal/replica/read", ""),
+        ("/internal/hint", "\u{1}\u{ff}"),
+    ] {
+        let r = s.http.post(s.at(path)).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path} {body}");
+        assert!(r.json::<Value>().await.unwrap()["code"].is_string());
+    }
+    let m = member_statuses(s).await;
+    assert_eq!(m.len(), 2, "{m:?}");
+    c.wait_all_alive().await;
+}
+
+#[tokio::test]
+async fn a_restarted_node_starts_from_the_ring_it_knew() {
+    let mut c = Cluster::start(3, &[]).await;
+    let n3 = &mut c.nodes[2];
+    assert!(n3.terminate().success());
+    n3.restart().await;
+    // Right away, before any gossip round could have taught it.
+    let st = member_statuses(&c.nodes[2]).await;
+    assert_eq!(st.len(), 3, "{st:?}");
+    assert_eq!(ring_nodes(&c.nodes[2]).await.len(), 3);
+    c.wait_all_alive().await;
+}
+
+#[tokio::test]
+async fn leave_hands_off_and_the_others_drop_it_at_once() {
+    let mut c = Cluster::start(3, &[]).await;
+    for i in 0..30 {
+        assert_eq!(put(c.node(0), &format!("l{i}"), &format!("v{i}"), "?w=all", None).await.status(), 204);
+    }
+    let r = c.nodes[2].http.post(c.nodes[2].at("/cluster/leave")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(c.nodes[2].wait().success(), "a leaving node exits 0");
+    for s in &c.nodes[..2] {
+        eventually("n3 listed as left and off the ring", || async {
+            member_statuses(s).await.get("n3").map(String::as_str) == Some("left")
+                && !ring_nodes(s).await.contains("n3")
+        })
+        .await;
+    }
+    for i in 0..30 {
+        let r = c.node(1).http.get(c.node(1).at(&format!("/kv/l{i}?r=all"))).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), format!("v{i}"));
+    }
+    // Started again with its data dir, it joins as alive.
+    c.nodes[2].restart().await;
+    c.wait_all_alive().await;
+}
