@@ -118,9 +118,22 @@ impl Server {
         }
     }
 
-    /// SIGSTOP: the process stops answering but keeps its sockets.
+    /// SIGSTOP: the process stops answering but keeps its sockets. Returns
+    /// once the kernel reports it stopped (the signal is asynchronous).
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
+        let stat = format!("/proc/{}/stat", self.pid());
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&stat).unwrap_or_default();
+            // Field 3, after the parenthesised command name.
+            let state = text.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+            if matches!(state, Some("T") | Some("t")) {
+                return;
+            }
+            assert!(start.elapsed() < DEADLINE, "process did not stop");
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// SIGCONT after [`Server::pause`].
