@@ -56,7 +56,7 @@ pub async fn round(node: &Node, now: u64) -> Result<(u64, u64), StorageError> {
             let removed = (before - rec.len()) as u64;
             Ok(((!rec.is_empty()).then_some(rec), removed))
         })?;
-        expired += removed.unwrap_or(0);
+        expired += removed.map(|(n, _)| n).unwrap_or(0);
         storage.done(false, &due)?;
     }
     node.metrics.expired_purged.inc_by(expired);
@@ -85,7 +85,7 @@ pub async fn round(node: &Node, now: u64) -> Result<(u64, u64), StorageError> {
             Some(rec) if rec == local => Ok::<_, ()>((None, 1u64)),
             other => Ok((other, 0)),
         })?;
-        purged += gone.unwrap_or(0);
+        purged += gone.map(|(n, _)| n).unwrap_or(0);
         storage.done(true, &due)?;
     }
     node.metrics.tombstones_purged.inc_by(purged);

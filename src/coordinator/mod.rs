@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::membership::Status;
 use crate::node::Node;
 use crate::storage::{Content, Record, StorageError};
-use crate::version::Context;
+use crate::version::{Context, Dot};
 
 pub use quorum::{Level, LevelError};
 
@@ -107,14 +107,8 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
         Ok((Some(next), clock))
     };
     let outcome = if me_in_pref {
-        // Store, and read back what was stored: the state to replicate.
-        let mut stored = None;
-        let r = node.storage.update(partition, &w.key, |cur| {
-            let (next, clock) = compute(cur)?;
-            stored = next.clone();
-            Ok((next, clock))
-        })?;
-        r.map(|clock| (stored.unwrap_or_default(), clock))
+        // Store, and keep what was stored: the state to replicate.
+        node.storage.update(partition, &w.key, compute)?.map(|(clock, stored)| (stored.unwrap_or_default(), clock))
     } else {
         // Every replica was unreachable for forwarding: coordinate from what
         // this node knows; its copy is a hint (below), not a replica.
@@ -247,13 +241,15 @@ pub fn new_version(
     floor: u64,
     content: Content,
 ) -> (Record, Context) {
-    let mut ctx = context.cloned().unwrap_or_else(|| current.context());
+    let held = current.context();
+    let mut ctx = context.cloned().unwrap_or_else(|| held.clone());
     let now = content.timestamp_ms;
     for v in current.values().iter().filter(|v| v.payload.expired(now)) {
         ctx.add(v.dot.clone());
         ctx.join(&v.context);
     }
-    let dot = current.next_dot(&ctx, node, floor);
+    let counter = ctx.max_of(node).max(held.max_of(node)).max(floor) + 1;
+    let dot = Dot { node: node.to_string(), counter };
     let next = current.update(&ctx, dot.clone(), content);
     let mut clock = ctx;
     clock.add(dot);
@@ -288,7 +284,7 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
     let deadline = Instant::now() + node.peers.timeout() + Duration::from_millis(50);
     tokio::spawn(gather(node.clone(), partition, key, pref.len(), needed, deadline, rx, quorum_tx));
     match quorum_rx.await {
-        Ok(Ok(merged)) => Ok(visible(&merged, now_ms())),
+        Ok(Ok(merged)) => Ok(visible(merged, now_ms())),
         Ok(Err(acked)) => {
             node.metrics.quorum_failures.with_label_values(&["read"]).inc();
             Err(CoordError::QuorumNotMet { needed, acked, context: None })
@@ -363,11 +359,10 @@ async fn gather(
 }
 
 /// What a client may see of a record at `now_ms`.
-pub fn visible(record: &Record, now_ms: u64) -> ReadResult {
-    ReadResult {
-        visible: record.values().iter().filter(|v| !v.payload.expired(now_ms)).cloned().collect(),
-        context: record.context(),
-    }
+pub fn visible(mut record: Record, now_ms: u64) -> ReadResult {
+    let context = record.context();
+    record.retain(|v| !v.payload.expired(now_ms));
+    ReadResult { visible: record.into_versions(), context }
 }
 
 /// Merges a replica's incoming state into this node's copy of `key` (replica
@@ -437,9 +432,9 @@ mod tests {
     #[test]
     fn expired_values_are_hidden_but_their_clock_is_kept() {
         let (r, _) = new_version(&Record::new(), None, "a", 0, content("x", 1, Some(5)));
-        let seen = visible(&r, 10);
+        let seen = visible(r.clone(), 10);
         assert!(seen.visible.is_empty());
         assert!(seen.context.covers(&r.values()[0].dot));
-        assert_eq!(visible(&r, 4).visible.len(), 1);
+        assert_eq!(visible(r, 4).visible.len(), 1);
     }
 }

@@ -300,6 +300,11 @@ impl<T: Clone> Siblings<T> {
         &self.versions
     }
 
+    /// The stored versions, by value.
+    pub fn into_versions(self) -> Vec<Version<T>> {
+        self.versions
+    }
+
     /// Number of versions (live or deleted).
     pub fn len(&self) -> usize {
         self.versions.len()

@@ -1,0 +1,405 @@
+//! The load generator: YCSB core workloads over `/kv/{key}`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution as _, Zipf};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+/// YCSB-style operation mixes.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Workload {
+    /// 50% read, 50% update.
+    A,
+    /// 95% read, 5% update.
+    B,
+    /// 100% read.
+    C,
+    /// 100% update.
+    Write,
+    /// 50% delete, 30% update, 20% read.
+    Delete,
+}
+
+impl Workload {
+    /// (read, update, delete) fractions.
+    fn mix(self) -> (f64, f64, f64) {
+        match self {
+            Workload::A => (0.5, 0.5, 0.0),
+            Workload::B => (0.95, 0.05, 0.0),
+            Workload::C => (1.0, 0.0, 0.0),
+            Workload::Write => (0.0, 1.0, 0.0),
+            Workload::Delete => (0.2, 0.3, 0.5),
+        }
+    }
+}
+
+/// How keys are chosen.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum KeyChoice {
+    /// Every key equally likely.
+    Uniform,
+    /// YCSB's scrambled zipfian (theta 0.99): a few hot keys, spread over the ring.
+    Zipfian,
+}
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// Comma-separated node base URLs; requests go round-robin.
+    #[arg(long, value_delimiter = ',', required = true)]
+    urls: Vec<String>,
+    /// Operation mix.
+    #[arg(long, value_enum, default_value_t = Workload::A)]
+    workload: Workload,
+    /// Key choice.
+    #[arg(long, value_enum, default_value_t = KeyChoice::Uniform)]
+    distribution: KeyChoice,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    value_size: usize,
+    /// Concurrent requests in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Measured duration (after warm-up), e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Warm-up before measuring, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Write every key once before the run.
+    #[arg(long)]
+    preload: bool,
+    /// Only preload, then exit.
+    #[arg(long)]
+    preload_only: bool,
+    /// `r` for reads (default: the node's).
+    #[arg(long)]
+    r: Option<String>,
+    /// `w` for writes and deletes (default: the node's).
+    #[arg(long)]
+    w: Option<String>,
+    /// Open loop: total requests per second, each measured from its intended
+    /// start (corrects coordinated omission). Without it the run is closed-loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// A label for the report.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Prefix of every key.
+    #[arg(long, default_value = "bench-")]
+    key_prefix: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Update,
+    Delete,
+}
+
+const OPS: [(Op, &str); 3] = [(Op::Read, "read"), (Op::Update, "update"), (Op::Delete, "delete")];
+
+struct Stats {
+    hist: [Histogram<u64>; 3],
+    errors: [u64; 3],
+}
+
+impl Stats {
+    fn new() -> Self {
+        let h = || Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
+        Self { hist: [h(), h(), h()], errors: [0; 3] }
+    }
+
+    fn merge(&mut self, other: &Stats) {
+        for i in 0..3 {
+            self.hist[i].add(&other.hist[i]).expect("same bounds");
+            self.errors[i] += other.errors[i];
+        }
+    }
+}
+
+struct Shared {
+    args: RunArgs,
+    http: reqwest::Client,
+    value: bytes::Bytes,
+    zipf: Option<Zipf<f64>>,
+    done: AtomicU64,
+}
+
+pub async fn run(args: RunArgs) -> Result<(), String> {
+    if args.urls.is_empty() || args.keys == 0 || args.concurrency == 0 {
+        return Err("need --urls, --keys > 0 and --concurrency > 0".into());
+    }
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(args.concurrency * 2)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let zipf = match args.distribution {
+        KeyChoice::Zipfian => Some(Zipf::new(args.keys as f64, 0.99).map_err(|e| e.to_string())?),
+        KeyChoice::Uniform => None,
+    };
+    let value = bytes::Bytes::from(vec![b'x'; args.value_size]);
+    let shared = Arc::new(Shared { args: args.clone(), http, value, zipf, done: AtomicU64::new(0) });
+    if args.preload || args.preload_only {
+        preload(&shared).await?;
+        if args.preload_only {
+            return Ok(());
+        }
+    }
+
+    let total = args.warmup + args.duration;
+    let bar = ProgressBar::new(total.as_millis() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {elapsed}/{duration} {msg}").expect("valid template"));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency {
+        let shared = shared.clone();
+        workers.push(tokio::spawn(async move { worker(shared, w, start).await }));
+    }
+    let ticker = {
+        let (bar, shared) = (bar.clone(), shared.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let el = start.elapsed();
+                bar.set_position(el.as_millis() as u64);
+                let ops = shared.done.load(Ordering::Relaxed);
+                bar.set_message(format!("{:.0} ops/s", ops as f64 / el.as_secs_f64().max(0.001)));
+            }
+        })
+    };
+    let mut stats = Stats::new();
+    for w in workers {
+        stats.merge(&w.await.map_err(|e| e.to_string())?);
+    }
+    ticker.abort();
+    bar.finish_and_clear();
+
+    let report = report(&args, &stats);
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report).expect("json")).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn preload(shared: &Arc<Shared>) -> Result<(), String> {
+    let keys = shared.args.keys;
+    let next = Arc::new(AtomicU64::new(0));
+    let bar = ProgressBar::new(keys);
+    bar.set_style(ProgressStyle::with_template("preload {bar:40} {pos}/{len} {per_sec}").expect("valid template"));
+    let mut tasks = Vec::new();
+    for w in 0..shared.args.concurrency {
+        let (shared, next, bar) = (shared.clone(), next.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failures = 0u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= keys {
+                    return failures;
+                }
+                if !request(&shared, w + i as usize, Op::Update, i).await {
+                    failures += 1;
+                }
+                bar.inc(1);
+            }
+        }));
+    }
+    let mut failures = 0;
+    for t in tasks {
+        failures += t.await.map_err(|e| e.to_string())?;
+    }
+    bar.finish_and_clear();
+    if failures > 0 {
+        return Err(format!("{failures} preload writes failed"));
+    }
+    Ok(())
+}
+
+async fn worker(shared: Arc<Shared>, w: usize, start: Instant) -> Stats {
+    let args = &shared.args;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5eed ^ w as u64);
+    let mut stats = Stats::new();
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let interval = args.rate.map(|r| Duration::from_secs_f64(args.concurrency as f64 / r.max(0.001)));
+    let mut intended = start + interval.map(|i| i.mul_f64(w as f64 / args.concurrency as f64)).unwrap_or_default();
+    let (read, update, _) = args.workload.mix();
+    let mut n: usize = w;
+    loop {
+        let now = Instant::now();
+        let t0 = match interval {
+            Some(i) => {
+                if intended >= end {
+                    break;
+                }
+                tokio::time::sleep_until(intended).await;
+                let t = intended;
+                intended += i;
+                t
+            }
+            None => {
+                if now >= end {
+                    break;
+                }
+                now
+            }
+        };
+        let x: f64 = rng.random();
+        let op = if x < read {
+            Op::Read
+        } else if x < read + update {
+            Op::Update
+        } else {
+            Op::Delete
+        };
+        let key = pick_key(&shared, &mut rng);
+        n += 1;
+        let ok = request(&shared, n, op, key).await;
+        let latency_us = t0.elapsed().as_micros() as u64;
+        shared.done.fetch_add(1, Ordering::Relaxed);
+        if t0 >= measure_from {
+            let i = op as usize;
+            stats.hist[i].saturating_record(latency_us.max(1));
+            if !ok {
+                stats.errors[i] += 1;
+            }
+        }
+    }
+    stats
+}
+
+fn pick_key(shared: &Shared, rng: &mut impl Rng) -> u64 {
+    match &shared.zipf {
+        None => rng.random_range(0..shared.args.keys),
+        Some(z) => {
+            // Scrambled: hot ranks land on unrelated keys, so on all partitions.
+            let rank = z.sample(rng) as u64;
+            xxhash_rust::xxh3::xxh3_64(&rank.to_le_bytes()) % shared.args.keys
+        }
+    }
+}
+
+/// One request; true when it succeeded (reads: 200, 300 or 404).
+async fn request(shared: &Shared, n: usize, op: Op, key: u64) -> bool {
+    let args = &shared.args;
+    let base = &args.urls[n % args.urls.len()];
+    let mut url = format!("{base}/kv/{}{key}", args.key_prefix);
+    let q = match op {
+        Op::Read => args.r.as_ref().map(|r| format!("r={r}")),
+        Op::Update | Op::Delete => args.w.as_ref().map(|w| format!("w={w}")),
+    };
+    if let Some(q) = q {
+        url.push('?');
+        url.push_str(&q);
+    }
+    let req = match op {
+        Op::Read => shared.http.get(url),
+        Op::Update => shared.http.put(url).body(shared.value.clone()),
+        Op::Delete => shared.http.delete(url),
+    };
+    match req.send().await {
+        Ok(resp) => {
+            let s = resp.status().as_u16();
+            // Drain the body so the connection is reused.
+            let _ = resp.bytes().await;
+            match op {
+                Op::Read => matches!(s, 200 | 300 | 404),
+                _ => (200..300).contains(&s),
+            }
+        }
+        Err(_) => false,
+    }
+}
+
+fn summary(h: &Histogram<u64>, errors: u64, secs: f64) -> Value {
+    let ms = |us: u64| us as f64 / 1000.0;
+    json!({
+        "count": h.len(),
+        "errors": errors,
+        "throughput": h.len() as f64 / secs,
+        "mean_ms": h.mean() / 1000.0,
+        "p50_ms": ms(h.value_at_quantile(0.50)),
+        "p95_ms": ms(h.value_at_quantile(0.95)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+    })
+}
+
+fn report(args: &RunArgs, stats: &Stats) -> Value {
+    let secs = args.duration.as_secs_f64();
+    let mut total = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
+    let mut per_op = serde_json::Map::new();
+    for (op, name) in OPS {
+        let i = op as usize;
+        total.add(&stats.hist[i]).expect("same bounds");
+        if !stats.hist[i].is_empty() {
+            per_op.insert(name.to_string(), summary(&stats.hist[i], stats.errors[i], secs));
+        }
+    }
+    json!({
+        "label": args.label,
+        "workload": format!("{:?}", args.workload).to_lowercase(),
+        "distribution": format!("{:?}", args.distribution).to_lowercase(),
+        "urls": args.urls,
+        "keys": args.keys,
+        "value_size": args.value_size,
+        "concurrency": args.concurrency,
+        "duration_s": secs,
+        "r": args.r,
+        "w": args.w,
+        "rate": args.rate,
+        "total": summary(&total, stats.errors.iter().sum(), secs),
+        "ops": per_op,
+    })
+}
+
+fn print_table(report: &Value) {
+    println!(
+        "{} workload={} dist={} conc={} r={} w={}",
+        report["label"].as_str().unwrap_or(""),
+        report["workload"].as_str().unwrap_or(""),
+        report["distribution"].as_str().unwrap_or(""),
+        report["concurrency"],
+        report["r"].as_str().unwrap_or("-"),
+        report["w"].as_str().unwrap_or("-"),
+    );
+    println!(
+        "{:<8} {:>10} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "op", "count", "ops/s", "errors", "p50 ms", "p95 ms", "p99 ms", "p99.9", "max ms"
+    );
+    let mut rows: Vec<(String, &Value)> =
+        report["ops"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v)).collect()).unwrap_or_default();
+    rows.push(("total".into(), &report["total"]));
+    for (name, v) in rows {
+        println!(
+            "{:<8} {:>10} {:>10.0} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            name,
+            v["count"],
+            v["throughput"].as_f64().unwrap_or(0.0),
+            v["errors"],
+            v["p50_ms"].as_f64().unwrap_or(0.0),
+            v["p95_ms"].as_f64().unwrap_or(0.0),
+            v["p99_ms"].as_f64().unwrap_or(0.0),
+            v["p999_ms"].as_f64().unwrap_or(0.0),
+            v["max_ms"].as_f64().unwrap_or(0.0),
+        );
+    }
+}
