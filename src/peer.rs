@@ -59,6 +59,29 @@ pub struct WriteRequest {
     pub record: Record,
 }
 
+/// [`WriteRequest`] by reference: the same bytes on the wire, without
+/// cloning the sibling set.
+#[derive(Serialize)]
+struct WriteRequestRef<'a> {
+    #[serde(with = "serde_bytes")]
+    key: &'a [u8],
+    record: &'a Record,
+}
+
+/// [`HintRequest`] by reference.
+#[derive(Serialize)]
+struct HintRequestRef<'a> {
+    owner: &'a str,
+    #[serde(with = "serde_bytes")]
+    key: &'a [u8],
+    record: &'a Record,
+}
+
+/// The body of a replica write, encoded once and sent to every replica.
+pub fn write_body(key: &[u8], record: &Record) -> Bytes {
+    Bytes::from(encode(&WriteRequestRef { key, record }))
+}
+
 /// Ask a stand-in to keep a write for an unreachable owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HintRequest {
@@ -144,7 +167,7 @@ impl Peers {
         }
     }
 
-    async fn call(&self, base: &str, path: &str, body: Vec<u8>) -> Result<Bytes, PeerError> {
+    async fn call(&self, base: &str, path: &str, body: impl Into<reqwest::Body>) -> Result<Bytes, PeerError> {
         let resp = self
             .post(format!("{base}{path}"))
             .header("content-type", "application/octet-stream")
@@ -174,14 +197,18 @@ impl Peers {
 
     /// Merges `record` into a replica's state for `key`.
     pub async fn write(&self, base: &str, key: &[u8], record: &Record) -> Result<(), PeerError> {
-        self.call(base, WRITE_PATH, encode(&WriteRequest { key: key.to_vec(), record: record.clone() })).await?;
+        self.write_encoded(base, write_body(key, record)).await
+    }
+
+    /// Sends a replica write encoded by [`write_body`].
+    pub async fn write_encoded(&self, base: &str, body: Bytes) -> Result<(), PeerError> {
+        self.call(base, WRITE_PATH, body).await?;
         Ok(())
     }
 
     /// Leaves `record` with a stand-in for `owner`.
     pub async fn hint(&self, base: &str, owner: &str, key: &[u8], record: &Record) -> Result<(), PeerError> {
-        let msg = HintRequest { owner: owner.to_string(), key: key.to_vec(), record: record.clone() };
-        self.call(base, HINT_PATH, encode(&msg)).await?;
+        self.call(base, HINT_PATH, encode(&HintRequestRef { owner, key, record })).await?;
         Ok(())
     }
 
@@ -220,5 +247,26 @@ mod tests {
         assert_eq!(decode::<ReadRequest>(b""), None);
         assert_eq!(decode::<ReadRequest>(b"\x02abc"), None);
         assert_eq!(decode::<WriteRequest>(b"\x01\xff\xff\xff\xff\xff"), None);
+    }
+
+    #[test]
+    fn borrowed_encodings_match_the_owned_messages() {
+        use crate::storage::Content;
+        use crate::version::Context;
+        let ctx = Context::new();
+        let rec = Record::new();
+        let content = Content {
+            value: vec![1, 2, 3],
+            content_type: "x/y".into(),
+            timestamp_ms: 5,
+            expires_at_ms: Some(9),
+            deleted: false,
+        };
+        let rec = rec.update(&ctx, rec.next_dot(&ctx, "n", 0), content);
+        let owned = WriteRequest { key: b"k".to_vec(), record: rec.clone() };
+        assert_eq!(write_body(b"k", &rec).as_ref(), encode(&owned).as_slice());
+        let hint = HintRequest { owner: "o".into(), key: b"k".to_vec(), record: rec.clone() };
+        let by_ref = encode(&HintRequestRef { owner: "o", key: b"k", record: &rec });
+        assert_eq!(decode::<HintRequest>(&by_ref), Some(hint));
     }
 }

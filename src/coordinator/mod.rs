@@ -163,13 +163,15 @@ async fn replicate(
         .map(str::to_string)
         .collect();
     let standins = Arc::new(Mutex::new(standins));
+    // One encoding for every replica.
+    let body = crate::peer::write_body(&key, &record);
     let key = Arc::new(key);
     let (tx, mut rx) = mpsc::channel(others.len());
     for owner in others {
-        let (node, tx, key, record, standins) =
-            (node.clone(), tx.clone(), key.clone(), record.clone(), standins.clone());
+        let (node, tx, key, record, standins, body) =
+            (node.clone(), tx.clone(), key.clone(), record.clone(), standins.clone(), body.clone());
         tokio::spawn(async move {
-            let ack = send_one(&node, partition, &owner, &key, &record, &standins).await;
+            let ack = send_one(&node, partition, &owner, &key, &record, body, &standins).await;
             let _ = tx.send(ack).await;
         });
     }
@@ -194,10 +196,11 @@ async fn send_one(
     owner: &str,
     key: &[u8],
     record: &Record,
+    body: bytes::Bytes,
     standins: &Mutex<VecDeque<String>>,
 ) -> Ack {
     if let Some((addr, Status::Alive)) = node.member(owner) {
-        match node.peers.write(&addr, key, record).await {
+        match node.peers.write_encoded(&addr, body).await {
             Ok(()) => return Ack::Stored,
             Err(e) => tracing::debug!(peer = %owner, error = %e, "replica write failed; trying a stand-in"),
         }
