@@ -1,5 +1,5 @@
-//! `/internal/*`: node-to-node routes (gossip, replica read and write,
-//! hints). Guarded by `--cluster-secret` when it is set: a request without
+//! `/internal/*`: node-to-node routes (gossip, batched replica reads and
+//! writes, hints). Guarded by `--cluster-secret` when it is set: a request without
 //! it gets 401 and changes nothing. Bodies that do not decode get 400.
 
 use std::sync::Arc;
@@ -15,7 +15,8 @@ use super::error::ApiError;
 use crate::config::valid_node_id;
 use crate::coordinator::merge_local;
 use crate::node::Node;
-use crate::peer::{self, GossipMessage, HintRequest, ReadRequest, WriteRequest, SECRET_HEADER};
+use crate::peer::batch::{BatchOp, BatchReply};
+use crate::peer::{self, GossipMessage, HintRequest, SECRET_HEADER};
 
 /// Largest gossip body accepted.
 pub const MAX_GOSSIP_BYTES: usize = 1 << 20;
@@ -63,22 +64,41 @@ pub async fn gossip(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<G
     Ok(Json(node.gossip_message()))
 }
 
-/// `POST /internal/replica/read`: this node's record of a key.
-pub async fn replica_read(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: ReadRequest = decode(&node, &body)?;
-    check_key(&node, &req.key)?;
-    let partition = node.ring().partition_of(&req.key);
-    let record = node.storage.get(partition, &req.key).map_err(crate::coordinator::CoordError::from)?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], peer::encode(&record)).into_response())
-}
-
-/// `POST /internal/replica/write`: merge a sibling set into this node's copy.
-pub async fn replica_write(State(node): State<Arc<Node>>, body: Bytes) -> Result<StatusCode, ApiError> {
-    let req: WriteRequest = decode(&node, &body)?;
-    check_key(&node, &req.key)?;
-    merge_local(&node, &req.key, &req.record).map_err(crate::coordinator::CoordError::from)?;
-    node.storage.durable().await.map_err(crate::coordinator::CoordError::from)?;
-    Ok(StatusCode::NO_CONTENT)
+/// `POST /internal/batch`: replica reads and writes, answered in order. One
+/// flush covers every write of the batch when `--sync-writes` is on.
+pub async fn batch(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
+    let ops: Vec<BatchOp> = decode(&node, &body)?;
+    let mut replies = Vec::with_capacity(ops.len());
+    let mut wrote = false;
+    for op in &ops {
+        let reply = match op {
+            BatchOp::Read { key } if key_ok(&node, key) => {
+                let partition = node.ring().partition_of(key);
+                match node.storage.get(partition, key) {
+                    Ok(r) => BatchReply::Read(r),
+                    Err(e) => BatchReply::Failed(e.to_string()),
+                }
+            }
+            BatchOp::Write { key, record } if key_ok(&node, key) => match merge_local(&node, key, record) {
+                Ok(()) => {
+                    wrote = true;
+                    BatchReply::Written
+                }
+                Err(e) => BatchReply::Failed(e.to_string()),
+            },
+            _ => BatchReply::Failed("invalid key".into()),
+        };
+        replies.push(reply);
+    }
+    if wrote {
+        if let Err(e) = node.storage.durable().await {
+            let msg = e.to_string();
+            for r in replies.iter_mut().filter(|r| **r == BatchReply::Written) {
+                *r = BatchReply::Failed(msg.clone());
+            }
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], peer::encode(&replies)).into_response())
 }
 
 /// `POST /internal/hint`: keep a write for an unreachable owner.
@@ -106,8 +126,12 @@ fn decode<'a, T: serde::Deserialize<'a>>(_node: &Node, body: &'a [u8]) -> Result
     peer::decode(body).ok_or_else(|| ApiError::InvalidBody("body is not a dynakv internal message".into()))
 }
 
+fn key_ok(node: &Node, key: &[u8]) -> bool {
+    !key.is_empty() && key.len() as u64 <= node.cfg.max_key_bytes && std::str::from_utf8(key).is_ok()
+}
+
 fn check_key(node: &Node, key: &[u8]) -> Result<(), ApiError> {
-    if key.is_empty() || key.len() as u64 > node.cfg.max_key_bytes || std::str::from_utf8(key).is_err() {
+    if !key_ok(node, key) {
         return Err(ApiError::InvalidBody("invalid key".into()));
     }
     Ok(())

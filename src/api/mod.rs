@@ -55,8 +55,7 @@ pub fn router(node: Arc<Node>) -> Router {
     .min(1 << 30);
     let internal = Router::new()
         .route(crate::peer::GOSSIP_PATH, post(internal::gossip))
-        .route(crate::peer::READ_PATH, post(internal::replica_read))
-        .route(crate::peer::WRITE_PATH, post(internal::replica_write))
+        .route(crate::peer::BATCH_PATH, post(internal::batch))
         .route(crate::peer::HINT_PATH, post(internal::hint))
         .layer(DefaultBodyLimit::max(internal_limit))
         .layer(middleware::from_fn_with_state(node.clone(), internal::require_secret));

@@ -164,7 +164,7 @@ async fn replicate(
         .collect();
     let standins = Arc::new(Mutex::new(standins));
     // One encoding for every replica.
-    let body = crate::peer::write_body(&key, &record);
+    let body = crate::peer::batch::write_op(&key, &record);
     let key = Arc::new(key);
     let (tx, mut rx) = mpsc::channel(others.len());
     for owner in others {
@@ -200,9 +200,12 @@ async fn send_one(
     standins: &Mutex<VecDeque<String>>,
 ) -> Ack {
     if let Some((addr, Status::Alive)) = node.member(owner) {
-        match node.peers.write_encoded(&addr, body).await {
-            Ok(()) => return Ack::Stored,
-            Err(e) => tracing::debug!(peer = %owner, error = %e, "replica write failed; trying a stand-in"),
+        // Bounded as a whole, time queued behind other batches included, so
+        // a stand-in still gets its turn before the coordinator's deadline.
+        match tokio::time::timeout(node.peers.timeout(), node.peers.write_encoded(&addr, body)).await {
+            Ok(Ok(())) => return Ack::Stored,
+            Ok(Err(e)) => tracing::debug!(peer = %owner, error = %e, "replica write failed; trying a stand-in"),
+            Err(_) => tracing::debug!(peer = %owner, "replica write timed out; trying a stand-in"),
         }
     }
     loop {

@@ -296,7 +296,7 @@ async fn ten_racing_clients_with_one_stale_context_leave_at_most_ten_siblings() 
 
 #[tokio::test]
 async fn cluster_secret_guards_internal_routes() {
-    use dynakv::peer::{encode, WriteRequest};
+    use dynakv::peer::batch::{batch_body, write_op};
     use dynakv::storage::{Content, Record};
     use dynakv::version::Context;
 
@@ -314,10 +314,10 @@ async fn cluster_secret_guards_internal_routes() {
         deleted: false,
     };
     let rec = rec.update(&ctx, rec.next_dot(&ctx, "intruder", 0), content);
-    let body = encode(&WriteRequest { key: b"victim".to_vec(), record: rec });
+    let body = batch_body(&[write_op(b"victim", &rec)]).to_vec();
     let s = c.node(0);
     for secret in [None, Some("wrong")] {
-        let mut req = s.http.post(s.at("/internal/replica/write")).body(body.clone());
+        let mut req = s.http.post(s.at("/internal/batch")).body(body.clone());
         if let Some(sec) = secret {
             req = req.header("x-dynakv-secret", sec);
         }
@@ -329,15 +329,12 @@ async fn cluster_secret_guards_internal_routes() {
     }
     assert_eq!(s.get("victim").await.0, 404, "nothing stored");
     // With the secret the same body is accepted.
-    let r = s
-        .http
-        .post(s.at("/internal/replica/write"))
-        .header("x-dynakv-secret", "s3cret")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    let r = s.http.post(s.at("/internal/batch")).header("x-dynakv-secret", "s3cret").body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Merged into n1's copy (with N = 3 of 3 nodes, n1 is a replica of every key).
+    let reps = crate::support::replica_versions(s, "victim").await;
+    let n1 = reps.iter().find(|(n, _, _)| n == "n1").expect("n1 replicates every key");
+    assert_eq!(n1.2.len(), 1, "{reps:?}");
 }
 
 #[tokio::test]
@@ -351,8 +348,8 @@ async fn internal_garbage_is_400_and_changes_nothing() {
             r#"{"from":"x","partitions":64,"members":[{"id":"bad id","address":"http://x","heartbeat":1}]}"#,
         ),
         ("/internal/gossip", r#"{"from":"x","partitions":7,"members":[]}"#),
-        ("/internal/replica/write", "garbage"),
-        ("/internal/replica/read", ""),
+        ("/internal/batch", "garbage"),
+        ("/internal/batch", ""),
         ("/internal/hint", "\u{1}\u{ff}"),
     ] {
         let r = s.http.post(s.at(path)).body(body).send().await.unwrap();

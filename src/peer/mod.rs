@@ -2,11 +2,15 @@
 //! (keep-alive; never a client per request), each bounded by
 //! `--request-timeout-ms`.
 //!
-//! Bodies: gossip is JSON (small, and readable in a capture); replica reads,
-//! writes and hints are `FORMAT (1 byte) | postcard(message)`, since they carry
-//! whole sibling sets with binary values. With `--cluster-secret` every call
+//! Bodies: gossip is JSON (small, and readable in a capture); replica reads
+//! and writes (batched, see [`batch`]) and hints are
+//! `FORMAT (1 byte) | postcard(message)`, since they carry whole sibling sets
+//! with binary values. With `--cluster-secret` every call
 //! carries it in `x-dynakv-secret`.
 
+pub mod batch;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,12 +25,10 @@ pub const SECRET_HEADER: &str = "x-dynakv-secret";
 pub const FORWARDED_HEADER: &str = "x-dynakv-forwarded";
 /// Internal routes.
 pub const GOSSIP_PATH: &str = "/internal/gossip";
-/// Replica read route.
-pub const READ_PATH: &str = "/internal/replica/read";
-/// Replica write route.
-pub const WRITE_PATH: &str = "/internal/replica/write";
 /// Hint route.
 pub const HINT_PATH: &str = "/internal/hint";
+/// Batched replica reads and writes.
+pub const BATCH_PATH: &str = "/internal/batch";
 
 const FORMAT: u8 = 1;
 
@@ -41,33 +43,6 @@ pub struct GossipMessage {
     pub members: Vec<Digest>,
 }
 
-/// Ask a replica for its record of a key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadRequest {
-    /// The key.
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
-}
-
-/// Hand a replica a sibling set to merge into its own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteRequest {
-    /// The key.
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
-    /// The state to merge (`sync`).
-    pub record: Record,
-}
-
-/// [`WriteRequest`] by reference: the same bytes on the wire, without
-/// cloning the sibling set.
-#[derive(Serialize)]
-struct WriteRequestRef<'a> {
-    #[serde(with = "serde_bytes")]
-    key: &'a [u8],
-    record: &'a Record,
-}
-
 /// [`HintRequest`] by reference.
 #[derive(Serialize)]
 struct HintRequestRef<'a> {
@@ -75,11 +50,6 @@ struct HintRequestRef<'a> {
     #[serde(with = "serde_bytes")]
     key: &'a [u8],
     record: &'a Record,
-}
-
-/// The body of a replica write, encoded once and sent to every replica.
-pub fn write_body(key: &[u8], record: &Record) -> Bytes {
-    Bytes::from(encode(&WriteRequestRef { key, record }))
 }
 
 /// Ask a stand-in to keep a write for an unreachable owner.
@@ -121,6 +91,9 @@ pub enum PeerError {
     /// The peer's answer did not decode.
     #[error("peer sent a malformed body")]
     Malformed,
+    /// A batched operation failed (on the way, or on the peer).
+    #[error("batched call failed: {0}")]
+    Batch(String),
 }
 
 impl PeerError {
@@ -137,6 +110,7 @@ pub struct Peers {
     http: reqwest::Client,
     secret: Option<String>,
     timeout: Duration,
+    queues: Arc<batch::Queues>,
 }
 
 impl Peers {
@@ -151,7 +125,7 @@ impl Peers {
             .timeout(timeout)
             .build()
             .expect("reqwest client builds");
-        Self { http, secret, timeout }
+        Self { http, secret, timeout, queues: Arc::default() }
     }
 
     /// The per-call timeout.
@@ -189,21 +163,33 @@ impl Peers {
         resp.json().await.map_err(|_| PeerError::Malformed)
     }
 
-    /// A replica's record of `key`.
+    /// A replica's record of `key` (batched with other replica traffic).
     pub async fn read(&self, base: &str, key: &[u8]) -> Result<Option<Record>, PeerError> {
-        let body = self.call(base, READ_PATH, encode(&ReadRequest { key: key.to_vec() })).await?;
-        decode::<Option<Record>>(&body).ok_or(PeerError::Malformed)
+        match self.batch(base, batch::read_op(key)).await? {
+            batch::BatchReply::Read(r) => Ok(r),
+            batch::BatchReply::Failed(e) => Err(PeerError::Batch(e)),
+            batch::BatchReply::Written => Err(PeerError::Malformed),
+        }
     }
 
     /// Merges `record` into a replica's state for `key`.
     pub async fn write(&self, base: &str, key: &[u8], record: &Record) -> Result<(), PeerError> {
-        self.write_encoded(base, write_body(key, record)).await
+        self.write_encoded(base, batch::write_op(key, record)).await
     }
 
-    /// Sends a replica write encoded by [`write_body`].
-    pub async fn write_encoded(&self, base: &str, body: Bytes) -> Result<(), PeerError> {
-        self.call(base, WRITE_PATH, body).await?;
-        Ok(())
+    /// Sends a replica write encoded by [`batch::write_op`] (batched).
+    pub async fn write_encoded(&self, base: &str, op: Bytes) -> Result<(), PeerError> {
+        match self.batch(base, op).await? {
+            batch::BatchReply::Written => Ok(()),
+            batch::BatchReply::Failed(e) => Err(PeerError::Batch(e)),
+            batch::BatchReply::Read(_) => Err(PeerError::Malformed),
+        }
+    }
+
+    /// One `/internal/batch` call.
+    async fn send_batch(&self, base: &str, body: Bytes) -> Result<Vec<batch::BatchReply>, PeerError> {
+        let bytes = self.call(base, BATCH_PATH, body).await?;
+        decode(&bytes).ok_or(PeerError::Malformed)
     }
 
     /// Leaves `record` with a stand-in for `owner`.
@@ -241,18 +227,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn binary_messages_round_trip_and_garbage_is_none() {
-        let msg = ReadRequest { key: b"k".to_vec() };
-        assert_eq!(decode::<ReadRequest>(&encode(&msg)), Some(msg));
-        assert_eq!(decode::<ReadRequest>(b""), None);
-        assert_eq!(decode::<ReadRequest>(b"\x02abc"), None);
-        assert_eq!(decode::<WriteRequest>(b"\x01\xff\xff\xff\xff\xff"), None);
-    }
-
-    #[test]
-    fn borrowed_encodings_match_the_owned_messages() {
+    fn garbage_is_none_and_hints_encode_by_reference() {
         use crate::storage::Content;
         use crate::version::Context;
+        assert_eq!(decode::<HintRequest>(b""), None);
+        assert_eq!(decode::<HintRequest>(b"\x02abc"), None);
+        assert_eq!(decode::<HintRequest>(b"\x01\xff\xff\xff\xff\xff"), None);
         let ctx = Context::new();
         let rec = Record::new();
         let content = Content {
@@ -263,8 +243,6 @@ mod tests {
             deleted: false,
         };
         let rec = rec.update(&ctx, rec.next_dot(&ctx, "n", 0), content);
-        let owned = WriteRequest { key: b"k".to_vec(), record: rec.clone() };
-        assert_eq!(write_body(b"k", &rec).as_ref(), encode(&owned).as_slice());
         let hint = HintRequest { owner: "o".into(), key: b"k".to_vec(), record: rec.clone() };
         let by_ref = encode(&HintRequestRef { owner: "o", key: b"k", record: &rec });
         assert_eq!(decode::<HintRequest>(&by_ref), Some(hint));
