@@ -47,14 +47,15 @@ pub async fn round(node: &Node, now: u64) -> Result<(u64, u64), StorageError> {
     let storage = &node.storage;
     let mut expired = 0;
     for due in storage.due(false, now, BATCH)? {
-        let removed = storage.update(due.partition, &due.key, |cur| {
-            let Some(mut rec) = cur else {
-                return Ok::<_, ()>((None, 0u64));
-            };
-            let before = rec.len();
-            rec.retain(|v| !v.payload.expired(now));
-            let removed = (before - rec.len()) as u64;
-            Ok(((!rec.is_empty()).then_some(rec), removed))
+        // Only whole records go: a record keeping a live version keeps its
+        // expired ones too (the next write supersedes them), so this node
+        // still holds every dot it issued (see `coordinator::new_version`).
+        let removed = storage.update(due.partition, &due.key, |cur| match cur {
+            Some(rec) if rec.values().iter().all(|v| v.payload.expired(now)) => {
+                let n = rec.len() as u64;
+                Ok::<_, ()>((None, n))
+            }
+            other => Ok((other, 0)),
         })?;
         expired += removed.map(|(n, _)| n).unwrap_or(0);
         storage.done(false, &due)?;

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::membership::Status;
 use crate::node::Node;
 use crate::storage::{Content, Record, StorageError};
-use crate::version::{Context, Dot};
+use crate::version::{next_dot, Context};
 
 pub use quorum::{Level, LevelError};
 
@@ -93,7 +93,7 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
     let pref: Vec<String> = ring.preference_list(partition).into_iter().map(str::to_string).collect();
     let needed = w.level.required(pref.len());
     let me_in_pref = pref.iter().any(|id| *id == node.id);
-    let floor = node.storage.next_counter()?;
+    let floor = node.storage.dot_floor();
     let limit = node.cfg.max_siblings as usize;
     let me = node.id.as_str();
 
@@ -104,18 +104,17 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
         if next.len() > limit && next.len() >= current.len() {
             return Err(CoordError::TooManySiblings { limit, would: next.len() });
         }
+        // Durably above every issued counter before the dot is stored.
+        node.storage.issued(clock.max_of(me))?;
         Ok((Some(next), clock))
     };
-    let outcome = if me_in_pref {
-        // Store, and keep what was stored: the state to replicate.
-        node.storage.update(partition, &w.key, compute)?.map(|(clock, stored)| (stored.unwrap_or_default(), clock))
-    } else {
-        // Every replica was unreachable for forwarding: coordinate from what
-        // this node knows; its copy is a hint (below), not a replica.
-        compute(node.storage.get(partition, &w.key)?).map(|(next, clock)| (next.unwrap_or_default(), clock))
-    };
-    let (record, clock) = match outcome {
-        Ok(x) => x,
+    // Stored here even when this node is not a replica (it coordinates from
+    // outside the preference list only when no replica took the forwarded
+    // request): it keeps every dot it issues, which keeps dots unique (see
+    // `new_version`). Such a copy counts as no ack; the replicas get hints.
+    let outcome = node.storage.update(partition, &w.key, compute)?;
+    let (clock, record) = match outcome {
+        Ok((clock, stored)) => (clock, stored.unwrap_or_default()),
         Err(e) => {
             if matches!(e, CoordError::TooManySiblings { .. }) {
                 node.metrics.sibling_refusals.inc();
@@ -123,9 +122,7 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
             return Err(e);
         }
     };
-    if me_in_pref {
-        node.storage.durable().await?;
-    }
+    node.storage.durable().await?;
 
     let acked = replicate(node, partition, &pref, w.key, Arc::new(record), needed, me_in_pref).await;
     if acked >= needed {
@@ -240,6 +237,14 @@ async fn send_one(
 /// sequential PUTs overwrite). Expired versions are superseded by any write:
 /// a value written after an expiry replaces the expired one rather than
 /// standing beside it as an invisible sibling.
+///
+/// Dots come from [`next_dot`]: this node keeps every dot it issues for a key
+/// until the whole record is purged, so one above the highest counter of this
+/// node seen here or in the context is unused. When neither knows this node
+/// (a new key, or one purged after a delete or an expiry), the counter starts
+/// above `floor`, and the context claims every counter up to `floor` as seen:
+/// that supersedes any leftover of the key's earlier life on a stale replica
+/// (none is live: it was purged here only once dead everywhere).
 pub fn new_version(
     current: &Record,
     context: Option<&Context>,
@@ -254,8 +259,11 @@ pub fn new_version(
         ctx.add(v.dot.clone());
         ctx.join(&v.context);
     }
-    let counter = ctx.max_of(node).max(held.max_of(node)).max(floor) + 1;
-    let dot = Dot { node: node.to_string(), counter };
+    let fresh = ctx.max_of(node) == 0 && held.max_of(node) == 0;
+    let dot = next_dot(&held, &ctx, node, floor);
+    if fresh {
+        ctx.witness(node, floor);
+    }
     let next = current.update(&ctx, dot.clone(), content);
     let mut clock = ctx;
     clock.add(dot);
@@ -433,6 +441,39 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert!(!clock.covers(&r.values()[0].dot));
         assert!(clock.covers(&r.values()[1].dot));
+    }
+
+    #[test]
+    fn repeated_writes_keep_the_context_compact() {
+        // A high floor (a busy node) must not leave a trail of isolated dots.
+        let mut r = Record::new();
+        let mut clock = Context::new();
+        for i in 0..50 {
+            let (next, c) = new_version(&r, None, "a", 1_000_000, content("v", i, None));
+            r = next;
+            clock = c;
+        }
+        assert_eq!(r.len(), 1);
+        assert!(clock.cloud().is_empty(), "{clock:?}");
+        assert!(r.values()[0].context.cloud().is_empty());
+        assert_eq!(r.values()[0].dot.counter, 1_000_050);
+    }
+
+    #[test]
+    fn a_key_written_again_after_a_purge_supersedes_its_earlier_life() {
+        // Earlier life: written and deleted via node a; a stale replica still
+        // holds the tombstone after a purged its copy.
+        let (live, _) = new_version(&Record::new(), None, "a", 0, content("old", 1, None));
+        let mut tomb = content("", 2, None);
+        tomb.deleted = true;
+        let (stale, _) = new_version(&live, None, "a", 0, tomb);
+        let floor = stale.values()[0].dot.counter;
+        // New life, from an empty record at a with the node's floor.
+        let (fresh, _) = new_version(&Record::new(), None, "a", floor, content("new", 3, None));
+        assert!(fresh.values()[0].dot.counter > floor, "no dot of the earlier life is reused");
+        let merged = fresh.sync(&stale);
+        assert_eq!(merged.len(), 1, "{merged:?}");
+        assert_eq!(merged.values()[0].payload.value, b"new");
     }
 
     #[test]

@@ -212,8 +212,7 @@ mod tests {
             deleted: true,
         };
         let rec = rec.update(&ctx, rec.next_dot(&ctx, "n", 0), content);
-        let owned =
-            [BatchOp::Read { key: b"r".to_vec() }, BatchOp::Write { key: b"w".to_vec(), record: rec.clone() }];
+        let owned = [BatchOp::Read { key: b"r".to_vec() }, BatchOp::Write { key: b"w".to_vec(), record: rec.clone() }];
         // 200 ops: the count needs a two-byte varint.
         let mut many = Vec::new();
         let mut encoded = Vec::new();

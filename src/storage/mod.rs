@@ -30,6 +30,11 @@ const META_NODE_ID: &[u8] = b"node_id";
 const META_PARTITIONS: &[u8] = b"partitions";
 const META_HEARTBEAT: &[u8] = b"heartbeat_reserved";
 const META_MEMBERS: &[u8] = b"members";
+const META_DOT_FLOOR: &[u8] = b"dot_floor_reserved";
+
+/// Dot counters are reserved on disk this far ahead, so the floor survives a
+/// crash without a write per request.
+const DOT_RESERVE: u64 = 1 << 20;
 
 /// Most hints one node keeps; past it, hint requests are refused, the
 /// coordinator counts the stand-in as not acked, and the owner catches up by
@@ -74,6 +79,10 @@ pub struct Storage {
     partitions: Vec<OnceLock<sled::Tree>>,
     commit: Option<GroupCommit>,
     tombstone_grace_ms: u64,
+    /// Highest dot counter this node issued (a lower bound after a restart:
+    /// the last reservation).
+    dot_floor: AtomicU64,
+    dot_reserved: AtomicU64,
 }
 
 /// How a node opens its storage.
@@ -129,8 +138,13 @@ impl Storage {
             partitions: (0..partitions).map(|_| OnceLock::new()).collect(),
             commit: opts.sync_writes.then(GroupCommit::default),
             tombstone_grace_ms: opts.tombstone_grace_ms,
+            dot_floor: AtomicU64::new(0),
+            dot_reserved: AtomicU64::new(0),
             db,
         };
+        let reserved = read_u64(&storage.meta, META_DOT_FLOOR)?;
+        storage.dot_floor.store(reserved, Ordering::SeqCst);
+        storage.dot_reserved.store(reserved, Ordering::SeqCst);
         Ok(Arc::new(storage))
     }
 
@@ -190,9 +204,22 @@ impl Storage {
         Ok(())
     }
 
-    /// A node-wide counter, monotonic across restarts: the floor for new dots.
-    pub fn next_counter(&self) -> Result<u64, StorageError> {
-        Ok(self.db.generate_id()?)
+    /// The highest dot counter this node ever issued (at least), across
+    /// restarts: where a key's first dot from this node starts.
+    pub fn dot_floor(&self) -> u64 {
+        self.dot_floor.load(Ordering::SeqCst)
+    }
+
+    /// Notes that `counter` was issued; reserves (durably) ahead when needed.
+    pub fn issued(&self, counter: u64) -> Result<(), StorageError> {
+        self.dot_floor.fetch_max(counter, Ordering::SeqCst);
+        if counter >= self.dot_reserved.load(Ordering::SeqCst) {
+            let upto = counter + DOT_RESERVE;
+            self.meta.insert(META_DOT_FLOOR, &upto.to_be_bytes())?;
+            self.db.flush()?;
+            self.dot_reserved.fetch_max(upto, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     fn tree(&self, partition: u32) -> Result<&sled::Tree, StorageError> {
@@ -399,6 +426,10 @@ pub struct Hint {
     raw: Vec<u8>,
 }
 
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StorageError> {
+    Ok(tree.get(key)?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))).unwrap_or(0))
+}
+
 fn hint_key(owner: &str, partition: u32, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(5 + owner.len() + key.len());
     k.push(owner.len() as u8);
@@ -474,7 +505,7 @@ mod tests {
         s.update(0, key, |cur| {
             let cur = cur.unwrap_or_default();
             let ctx = cur.context();
-            let dot = cur.next_dot(&ctx, "n", s.next_counter().unwrap());
+            let dot = cur.next_dot(&ctx, "n", s.dot_floor());
             Ok::<_, ()>((Some(cur.update(&ctx, dot, content(v))), ()))
         })
         .unwrap()
@@ -507,6 +538,21 @@ mod tests {
             Storage::open(dir.path(), &opts(8, false)),
             Err(StorageError::PartitionMismatch { stored: 4, requested: 8, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_dot_floor_survives_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open(dir.path(), &opts(1, false)).unwrap();
+            assert_eq!(s.dot_floor(), 0);
+            s.issued(5).unwrap();
+            s.issued(3).unwrap();
+            assert_eq!(s.dot_floor(), 5);
+            // Dropped without a flush of anything but the reservation.
+        }
+        let s = Storage::open(dir.path(), &opts(1, false)).unwrap();
+        assert!(s.dot_floor() >= 5, "a restart starts at or above every issued counter");
     }
 
     #[tokio::test]

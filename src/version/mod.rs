@@ -178,6 +178,12 @@ impl Context {
         self.vv.get(node).max(cloud)
     }
 
+    /// Records every counter of `node` up to `counter` as seen.
+    pub fn witness(&mut self, node: &str, counter: u64) {
+        self.vv.witness(node, counter);
+        self.compact();
+    }
+
     /// Adds one seen dot.
     pub fn add(&mut self, dot: Dot) {
         if !self.covers(&dot) {
@@ -326,12 +332,10 @@ impl<T: Clone> Siblings<T> {
         ctx
     }
 
-    /// The next dot `node` may use given `ctx`: above every counter of `node`
-    /// seen here or in the context, and above `floor` (the node's own
-    /// monotonic counter, which keeps dots unique even after a key was purged).
+    /// The next dot `node` may use for a write with context `ctx` here; see
+    /// [`next_dot`].
     pub fn next_dot(&self, ctx: &Context, node: &str, floor: u64) -> Dot {
-        let seen = ctx.max_of(node).max(self.context().max_of(node));
-        Dot { node: node.to_string(), counter: seen.max(floor) + 1 }
+        next_dot(&self.context(), ctx, node, floor)
     }
 
     /// A new state where a version with `dot` and `payload` written with
@@ -365,6 +369,18 @@ impl<T: Clone> Siblings<T> {
     pub fn retain(&mut self, keep: impl FnMut(&Version<T>) -> bool) {
         self.versions.retain(keep);
     }
+}
+
+/// The next dot `node` may use, given what it holds for the key (`held`) and
+/// the writer's context: one above the highest counter of `node` in either,
+/// so that a node's consecutive writes stay contiguous and vectors absorb
+/// them. When neither knows `node`, the counter starts above `floor`, the
+/// highest counter `node` ever issued for any key, so that a key purged and
+/// written again never reuses a dot of its earlier life.
+pub fn next_dot(held: &Context, ctx: &Context, node: &str, floor: u64) -> Dot {
+    let seen = ctx.max_of(node).max(held.max_of(node));
+    let counter = if seen == 0 { floor + 1 } else { seen + 1 };
+    Dot { node: node.to_string(), counter }
 }
 
 /// Drops every version that another version dominates and duplicates of one

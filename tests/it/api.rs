@@ -280,3 +280,22 @@ async fn leave_answers_202_and_exits_zero() {
     assert_eq!(r.status(), 202);
     assert!(s.wait().success());
 }
+
+#[tokio::test]
+async fn the_context_stays_small_under_repeated_writes() {
+    let s = Server::start(&[]).await;
+    // Other keys first, so this node's counters are high.
+    for i in 0..20 {
+        s.put(&format!("other-{i}"), "x", None).await;
+    }
+    let (_, first) = s.put("hot", "v0", None).await;
+    let mut last = first.clone();
+    for i in 1..200 {
+        last = s.put("hot", &format!("v{i}"), None).await.1;
+    }
+    let (first, last) = (first.unwrap(), last.unwrap());
+    assert!(last.len() <= first.len() + 4, "context grew from {} to {} bytes", first.len(), last.len());
+    let (_, read_ctx, body) = s.get("hot").await;
+    assert_eq!(body, "v199");
+    assert!(read_ctx.unwrap().len() <= first.len() + 4);
+}
