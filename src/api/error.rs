@@ -51,6 +51,9 @@ pub enum ApiError {
     /// Internal route body that does not decode.
     #[error("{0}")]
     InvalidBody(String),
+    /// Internal route body over its limit.
+    #[error("request body exceeds this route's limit")]
+    BodyTooLarge,
     /// This stand-in keeps no more hints.
     #[error("hint backlog full")]
     HintBacklogFull,
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::HintBacklogFull => (StatusCode::SERVICE_UNAVAILABLE, "hint_backlog_full"),
+            ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

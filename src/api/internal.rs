@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -39,10 +40,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `POST /internal/gossip`: merge the sender's table, answer with ours.
-pub async fn gossip(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<GossipMessage>, ApiError> {
-    if body.len() > MAX_GOSSIP_BYTES {
-        return Err(ApiError::InvalidBody("gossip body too large".into()));
-    }
+pub async fn gossip(
+    State(node): State<Arc<Node>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<GossipMessage>, ApiError> {
+    let body = read_body(body)?;
     let msg: GossipMessage =
         serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(format!("invalid gossip JSON: {e}")))?;
     if msg.partitions != node.cfg.partitions {
@@ -66,8 +68,8 @@ pub async fn gossip(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<G
 
 /// `POST /internal/batch`: replica reads and writes, answered in order. One
 /// flush covers every write of the batch when `--sync-writes` is on.
-pub async fn batch(State(node): State<Arc<Node>>, body: Bytes) -> Result<Response, ApiError> {
-    let ops: Vec<BatchOp> = decode(&node, &body)?;
+pub async fn batch(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let ops: Vec<BatchOp> = decode(&read_body(body)?)?;
     let mut replies = Vec::with_capacity(ops.len());
     let mut wrote = false;
     for op in &ops {
@@ -102,8 +104,8 @@ pub async fn batch(State(node): State<Arc<Node>>, body: Bytes) -> Result<Respons
 }
 
 /// `POST /internal/hint`: keep a write for an unreachable owner.
-pub async fn hint(State(node): State<Arc<Node>>, body: Bytes) -> Result<StatusCode, ApiError> {
-    let req: HintRequest = decode(&node, &body)?;
+pub async fn hint(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> Result<StatusCode, ApiError> {
+    let req: HintRequest = decode(&read_body(body)?)?;
     check_key(&node, &req.key)?;
     if !valid_node_id(&req.owner) {
         return Err(ApiError::InvalidBody("invalid owner id".into()));
@@ -122,7 +124,15 @@ pub async fn hint(State(node): State<Arc<Node>>, body: Bytes) -> Result<StatusCo
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn decode<'a, T: serde::Deserialize<'a>>(_node: &Node, body: &'a [u8]) -> Result<T, ApiError> {
+/// The request body, or a JSON 413 past the route's limit.
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge,
+        _ => ApiError::InvalidBody(format!("request body could not be read: {}", e.body_text())),
+    })
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     peer::decode(body).ok_or_else(|| ApiError::InvalidBody("body is not a dynakv internal message".into()))
 }
 

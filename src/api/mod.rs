@@ -54,7 +54,10 @@ pub fn router(node: Arc<Node>) -> Router {
     .unwrap_or(usize::MAX)
     .min(1 << 30);
     let internal = Router::new()
-        .route(crate::peer::GOSSIP_PATH, post(internal::gossip))
+        .route(
+            crate::peer::GOSSIP_PATH,
+            post(internal::gossip).layer(DefaultBodyLimit::max(internal::MAX_GOSSIP_BYTES)),
+        )
         .route(crate::peer::BATCH_PATH, post(internal::batch))
         .route(crate::peer::HINT_PATH, post(internal::hint))
         .layer(DefaultBodyLimit::max(internal_limit))

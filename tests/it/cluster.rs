@@ -356,6 +356,10 @@ async fn internal_garbage_is_400_and_changes_nothing() {
         assert_eq!(r.status(), 400, "{path} {body}");
         assert!(r.json::<Value>().await.unwrap()["code"].is_string());
     }
+    // Over the gossip limit: a JSON 413, not a buffered megabyte.
+    let r = s.http.post(s.at("/internal/gossip")).body(vec![b' '; (1 << 20) + 1]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "body_too_large");
     let m = member_statuses(s).await;
     assert_eq!(m.len(), 2, "{m:?}");
     c.wait_all_alive().await;
