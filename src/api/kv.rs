@@ -37,9 +37,6 @@ pub async fn put(
     let ctx = extract::context(&headers)?;
     let content_type = extract::content_type(&headers)?;
     let value = extract::body(&node, body)?;
-    if let Some(resp) = forward(&node, key.as_bytes(), Method::PUT, &uri, &headers, value.clone()).await {
-        return Ok(resp);
-    }
     let now = now_ms();
     let content = Content {
         value: value.to_vec(),
@@ -48,8 +45,8 @@ pub async fn put(
         expires_at_ms: ttl.map(|s| now.saturating_add(s.saturating_mul(1000))),
         deleted: false,
     };
-    let clock = coordinator::write(&node, Write { key: key.into_bytes(), context: ctx, content, level }).await?;
-    Ok(with_context(StatusCode::NO_CONTENT.into_response(), &clock))
+    let write = Write { key: key.into_bytes(), context: ctx, content, level };
+    client_write(&node, Method::PUT, &uri, &headers, value, write).await
 }
 
 /// `DELETE /kv/{key}`: write a tombstone.
@@ -65,9 +62,6 @@ pub async fn delete(
     let level = extract::level(&node, &q, true)?;
     extract::ttl(&q)?;
     let ctx = extract::context(&headers)?;
-    if let Some(resp) = forward(&node, key.as_bytes(), Method::DELETE, &uri, &headers, Bytes::new()).await {
-        return Ok(resp);
-    }
     let content = Content {
         value: Vec::new(),
         content_type: String::new(),
@@ -75,7 +69,24 @@ pub async fn delete(
         expires_at_ms: None,
         deleted: true,
     };
-    let clock = coordinator::write(&node, Write { key: key.into_bytes(), context: ctx, content, level }).await?;
+    let write = Write { key: key.into_bytes(), context: ctx, content, level };
+    client_write(&node, Method::DELETE, &uri, &headers, Bytes::new(), write).await
+}
+
+/// The common end of PUT and DELETE, once the request is valid: forward it to
+/// a replica, or coordinate the write here; 204 with the new context.
+async fn client_write(
+    node: &Arc<Node>,
+    method: Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    write: Write,
+) -> Result<Response, ApiError> {
+    if let Some(resp) = forward(node, &write.key, method, uri, headers, body).await {
+        return Ok(resp);
+    }
+    let clock = coordinator::write(node, write).await?;
     Ok(with_context(StatusCode::NO_CONTENT.into_response(), &clock))
 }
 

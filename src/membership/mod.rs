@@ -80,6 +80,28 @@ pub struct Digest {
     pub left: bool,
 }
 
+impl Digest {
+    /// The status a digest announces: `left`, or alive (progress was seen).
+    fn status(&self) -> Status {
+        if self.left {
+            Status::Left
+        } else {
+            Status::Alive
+        }
+    }
+
+    /// A table row for a member first heard of at `now`.
+    fn to_member(&self, now: SystemTime) -> Member {
+        Member {
+            id: self.id.clone(),
+            address: self.address.clone(),
+            status: self.status(),
+            heartbeat: self.heartbeat,
+            updated_at: now,
+        }
+    }
+}
+
 /// The membership table of one node.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -211,17 +233,7 @@ impl Table {
             }
             match self.members.get_mut(&d.id) {
                 None => {
-                    let status = if d.left { Status::Left } else { Status::Alive };
-                    self.members.insert(
-                        d.id.clone(),
-                        Member {
-                            id: d.id.clone(),
-                            address: d.address.clone(),
-                            status,
-                            heartbeat: d.heartbeat,
-                            updated_at: now,
-                        },
-                    );
+                    self.members.insert(d.id.clone(), d.to_member(now));
                     changed = true;
                 }
                 Some(m) => {
@@ -230,7 +242,7 @@ impl Table {
                         m.heartbeat = d.heartbeat;
                         m.address = d.address.clone();
                         m.updated_at = now;
-                        m.status = if d.left { Status::Left } else { Status::Alive };
+                        m.status = d.status();
                     } else if d.heartbeat == m.heartbeat && d.left && m.status != Status::Left {
                         m.status = Status::Left;
                     }
@@ -253,17 +265,7 @@ impl Table {
     pub fn restore(&mut self, remembered: &[Digest], now: SystemTime) {
         for d in remembered {
             if d.id != self.me && !self.members.contains_key(&d.id) {
-                let status = if d.left { Status::Left } else { Status::Alive };
-                self.members.insert(
-                    d.id.clone(),
-                    Member {
-                        id: d.id.clone(),
-                        address: d.address.clone(),
-                        status,
-                        heartbeat: d.heartbeat,
-                        updated_at: now,
-                    },
-                );
+                self.members.insert(d.id.clone(), d.to_member(now));
             }
         }
     }
