@@ -159,6 +159,12 @@ async fn two_of_three_replicas_paused_fail_quorum_but_not_w1_or_async() {
     }
     let r = c.node(0).http.get(c.node(0).at("/kv/k?r=quorum")).send().await.unwrap();
     assert_eq!(r.status(), 503);
+    // The replica view marks the paused nodes unreachable and still shows n1's copy.
+    let reps = replica_versions(c.node(0), "k").await;
+    for (node, reachable, versions) in &reps {
+        assert_eq!(*reachable, node == "n1", "{reps:?}");
+        assert_eq!(versions.is_empty(), node != "n1", "{reps:?}");
+    }
     assert_eq!(c.node(0).http.get(c.node(0).at("/kv/k?r=1")).send().await.unwrap().text().await.unwrap(), "async");
     c.node(1).resume();
     c.node(2).resume();

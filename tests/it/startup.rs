@@ -105,3 +105,64 @@ async fn environment_variables_configure_the_node() {
     assert_eq!(ring["partition_count"], 4);
     assert_eq!(ring["partitions"][0]["preference_list"][0], "from-env");
 }
+
+/// What `cargo run --release` does: no flags, 127.0.0.1:8080, data in ./data.
+#[tokio::test]
+async fn no_flags_serve_on_8080_from_dot_data() {
+    if std::net::TcpListener::bind("127.0.0.1:8080").is_err() {
+        panic!("127.0.0.1:8080 is taken by another program; this test needs it free");
+    }
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(crate::support::binary())
+        .current_dir(cwd.path())
+        .env_remove("DYNAKV_LISTEN")
+        .env_remove("DYNAKV_DATA_DIR")
+        .env("RUST_LOG", "off")
+        .spawn()
+        .unwrap();
+    let http = crate::support::client();
+    let health = crate::support::eventually_opt(|| async {
+        let r = http.get("http://127.0.0.1:8080/health").send().await.ok()?;
+        r.json::<serde_json::Value>().await.ok()
+    })
+    .await;
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(health.expect("serves on 127.0.0.1:8080")["status"], "ok");
+    assert!(cwd.path().join("data").join("db").exists(), "data lives in ./data");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::support::free_port();
+    let mut child = std::process::Command::new(crate::support::binary())
+        .args(["--log-format", "json", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = crate::support::client();
+    crate::support::eventually("node answers", || async {
+        http.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok()
+    })
+    .await;
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 2, "{text}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+    }
+}
