@@ -140,7 +140,7 @@ async fn no_flags_serve_on_8080_from_dot_data() {
 async fn json_logs_are_one_object_a_line() {
     let dir = tempfile::tempdir().unwrap();
     let port = crate::support::free_port();
-    let mut child = std::process::Command::new(crate::support::binary())
+    let child = std::process::Command::new(crate::support::binary())
         .args(["--log-format", "json", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir.path().join("d"))
