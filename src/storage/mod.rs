@@ -3,7 +3,8 @@
 //! Trees:
 //! - `p00000`.. one per ring partition (shard) this node replicates: key ->
 //!   encoded [`Record`]. Opened on first use.
-//! - `meta`: node id, partition count, heartbeat reservation.
+//! - `meta`: node id, partition count, heartbeat and dot-floor reservations,
+//!   the membership table.
 //! - `expiry`: `(expires_at_ms BE, partition BE, key)` -> `()`, so the reaper
 //!   finds expired values without scanning the data.
 //! - `tombstones`: `(purge_after_ms BE, partition BE, key)` -> `()`, likewise
