@@ -86,7 +86,7 @@ impl Node {
         let address = cfg.advertise_url();
         // Start above every heartbeat the previous run could have gossiped.
         let start = storage.heartbeat_reserved()?;
-        storage.reserve_heartbeat(start + HEARTBEAT_RESERVE)?;
+        storage.reserve_heartbeat(start.saturating_add(HEARTBEAT_RESERVE))?;
         let mut table = Table::new(&id, &address, start, SystemTime::now());
         // Start from the ring last known (SPEC §4): never act alone just
         // because gossip has not been heard yet.
@@ -117,7 +117,7 @@ impl Node {
     /// The membership timeouts from the configuration.
     pub fn timeouts(&self) -> Timeouts {
         Timeouts {
-            suspect_after: Duration::from_millis(self.cfg.suspect_after_ms),
+            suspect_after: Duration::from_millis(self.cfg.suspect_after()),
             dead_after: Duration::from_millis(self.cfg.dead_after_ms),
         }
     }
@@ -135,7 +135,7 @@ impl Node {
             self.publish_members();
         }
         if hb >= self.storage.heartbeat_reserved()? {
-            self.storage.reserve_heartbeat(hb + HEARTBEAT_RESERVE)?;
+            self.storage.reserve_heartbeat(hb.saturating_add(HEARTBEAT_RESERVE))?;
         }
         Ok(())
     }
@@ -155,22 +155,31 @@ impl Node {
     /// Rebuilds the ring if its member set changed, and updates the member
     /// gauges.
     pub fn publish_members(&self) {
-        let (ring_members, counts) = {
-            let t = self.members.lock().expect("members lock");
-            let mut counts = [0i64; 4];
-            for m in t.members() {
-                counts[m.status as usize] += 1;
-            }
-            (t.ring_members(), counts)
-        };
+        // Under the table lock, so two concurrent callers cannot publish an
+        // older member set after a newer one.
+        let t = self.members.lock().expect("members lock");
+        let mut counts = [0i64; 4];
+        for m in t.members() {
+            counts[m.status as usize] += 1;
+        }
         for (status, n) in ["alive", "suspect", "dead", "left"].iter().zip(counts) {
             self.metrics.members.with_label_values(&[status]).set(n);
         }
+        let ring_members = t.ring_members();
         if self.ring.borrow().nodes() != ring_members.as_slice() {
             let ring = Ring::new(&ring_members, self.cfg.partitions, self.cfg.vnodes, self.cfg.replicas);
             tracing::info!(members = ?ring_members, "ring changed");
             self.ring.send_replace(Arc::new(ring));
         }
+    }
+
+    /// N for quorum arithmetic: `--replicas` capped by the members that have
+    /// not left. Dead members still count (SPEC §2: N, R and W are never
+    /// lowered because members are down); the ring, which places data, holds
+    /// only alive and suspect ones, and stand-ins make up the difference.
+    pub fn quorum_n(&self) -> usize {
+        let members = self.members.lock().expect("members lock").not_left_count();
+        (self.cfg.replicas as usize).min(members).max(1)
     }
 
     /// Base URL and status of member `id`.

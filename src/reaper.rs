@@ -10,6 +10,10 @@
 //! it (SPEC §3): the preference list over every member that has not left,
 //! dead ones included, so an unreachable replica postpones the purge (the
 //! index entry is deferred and retried) and can never bring the key back.
+//! The key's first replica decides: once every other replica answered holding
+//! the same versions, it tells each to drop exactly those versions, then
+//! drops its own copy. The other replicas only wait, so a replica that already
+//! purged is never mistaken for one that missed the delete.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +24,7 @@ use crate::coordinator::now_ms;
 use crate::node::Node;
 use crate::ring::Ring;
 use crate::storage::{Record, StorageError};
+use crate::version::Dot;
 
 /// Pause between rounds.
 pub const INTERVAL: Duration = Duration::from_millis(250);
@@ -78,23 +83,53 @@ pub async fn round(node: &Node, now: u64) -> Result<(u64, u64), StorageError> {
             storage.done(true, &due)?;
             continue;
         }
+        let pref = ring.preference_list(due.partition);
+        if pref.first() != Some(&node.id.as_str()) {
+            // The first replica decides (and may be us later, if it leaves).
+            storage.defer(true, &due, retry)?;
+            continue;
+        }
         if !every_replica_holds(node, ring, due.partition, &due.key, &local).await {
             storage.defer(true, &due, retry)?;
             continue;
         }
-        let gone = storage.update(due.partition, &due.key, |cur| match cur {
-            Some(rec) if rec == local => Ok::<_, ()>((None, 1u64)),
-            other => Ok((other, 0)),
-        })?;
-        purged += gone.map(|(n, _)| n).unwrap_or(0);
+        let dots: Vec<Dot> = local.values().iter().map(|v| v.dot.clone()).collect();
+        for id in pref.iter().filter(|id| **id != node.id) {
+            if let Some((addr, _)) = node.member(id) {
+                if let Err(e) = node.peers.purge(&addr, &due.key, &dots).await {
+                    tracing::debug!(peer = %id, error = %e, "purge not applied there; it keeps the tombstone");
+                }
+            }
+        }
+        if purge_if(node, &due.key, &dots)? {
+            purged += 1;
+        }
         storage.done(true, &due)?;
     }
     node.metrics.tombstones_purged.inc_by(purged);
     Ok((expired, purged))
 }
 
-/// Whether every other replica of the key (in `ring`) answers and holds each
-/// of `local`'s versions.
+/// Drops `key` if this node holds exactly the versions `dots` and they are
+/// all tombstones or expired values; returns whether it did.
+pub fn purge_if(node: &Node, key: &[u8], dots: &[Dot]) -> Result<bool, StorageError> {
+    let partition = node.ring().partition_of(key);
+    let now = now_ms();
+    let out = node.storage.update(partition, key, |cur| match cur {
+        Some(rec)
+            if rec.len() == dots.len()
+                && rec.values().iter().all(|v| dots.contains(&v.dot))
+                && rec.values().iter().all(|v| v.payload.deleted || v.payload.expired(now)) =>
+        {
+            Ok::<_, ()>((None, true))
+        }
+        other => Ok((other, false)),
+    })?;
+    Ok(out.map(|(gone, _)| gone).unwrap_or(false))
+}
+
+/// Whether every other replica of the key (in `ring`) answers holding exactly
+/// `local`'s versions.
 async fn every_replica_holds(node: &Node, ring: &Ring, partition: u32, key: &[u8], local: &Record) -> bool {
     for id in ring.preference_list(partition) {
         if id == node.id {
@@ -103,7 +138,9 @@ async fn every_replica_holds(node: &Node, ring: &Ring, partition: u32, key: &[u8
         let Some((addr, _)) = node.member(id) else { return false };
         match node.peers.read(&addr, key).await {
             Ok(Some(theirs)) => {
-                if !local.values().iter().all(|v| theirs.values().iter().any(|t| t.dot == v.dot)) {
+                let same = theirs.len() == local.len()
+                    && local.values().iter().all(|v| theirs.values().iter().any(|t| t.dot == v.dot));
+                if !same {
                     return false;
                 }
             }

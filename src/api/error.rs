@@ -34,7 +34,7 @@ pub enum ApiError {
     #[error("{0}; send back the X-Context of a read unchanged, or none")]
     InvalidContext(#[from] token::ContextError),
     /// Bad `Content-Type` header.
-    #[error("Content-Type must be printable ASCII of at most 256 bytes")]
+    #[error("Content-Type must be a media type like text/plain (type/subtype, at most 256 bytes)")]
     InvalidContentType,
     /// Key never written, deleted or expired.
     #[error("key not found")]

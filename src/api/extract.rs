@@ -37,7 +37,7 @@ pub fn query(q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Resul
 
 /// `r` (`writes = false`) or `w` (`writes = true`), or the configured default.
 pub fn level(node: &Node, q: &HashMap<String, String>, writes: bool) -> Result<Level, ApiError> {
-    let n = node.ring().effective_replicas();
+    let n = node.quorum_n();
     let param = if writes { "w" } else { "r" };
     match q.get(param) {
         Some(v) => Ok(Level::parse(v, writes, n)?),
@@ -76,10 +76,18 @@ pub fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
     match headers.get(header::CONTENT_TYPE) {
         None => Ok("application/octet-stream".into()),
         Some(v) => match v.to_str() {
-            Ok(s) if !s.trim().is_empty() && s.len() <= 256 => Ok(s.trim().to_string()),
+            Ok(s) if s.len() <= 256 && is_media_type(s) => Ok(s.trim().to_string()),
             _ => Err(ApiError::InvalidContentType),
         },
     }
+}
+
+/// Whether `s` looks like `type/subtype[; parameters]` (RFC 9110 tokens).
+fn is_media_type(s: &str) -> bool {
+    let token =
+        |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let essence = s.split(';').next().unwrap_or("").trim();
+    essence.split_once('/').is_some_and(|(t, sub)| token(t) && token(sub))
 }
 
 /// The request body, or 413 past `--max-value-bytes`.

@@ -88,6 +88,14 @@ pub async fn batch(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejec
                 }
                 Err(e) => BatchReply::Failed(e.to_string()),
             },
+            BatchOp::Purge { key, dots } if key_ok(&node, key) => match crate::reaper::purge_if(&node, key, dots) {
+                Ok(true) => {
+                    wrote = true;
+                    BatchReply::Written
+                }
+                Ok(false) => BatchReply::Failed("changed since".into()),
+                Err(e) => BatchReply::Failed(e.to_string()),
+            },
             _ => BatchReply::Failed("invalid key".into()),
         };
         replies.push(reply);

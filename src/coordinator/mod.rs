@@ -91,7 +91,7 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
     let ring = node.ring();
     let partition = ring.partition_of(&w.key);
     let pref: Vec<String> = ring.preference_list(partition).into_iter().map(str::to_string).collect();
-    let needed = w.level.required(pref.len());
+    let needed = w.level.required(node.quorum_n());
     let me_in_pref = pref.iter().any(|id| *id == node.id);
     let floor = node.storage.dot_floor();
     let limit = node.cfg.max_siblings as usize;
@@ -238,13 +238,11 @@ async fn send_one(
 /// a value written after an expiry replaces the expired one rather than
 /// standing beside it as an invisible sibling.
 ///
-/// Dots come from [`next_dot`]: this node keeps every dot it issues for a key
-/// until the whole record is purged, so one above the highest counter of this
-/// node seen here or in the context is unused. When neither knows this node
-/// (a new key, or one purged after a delete or an expiry), the counter starts
-/// above `floor`, and the context claims every counter up to `floor` as seen:
-/// that supersedes any leftover of the key's earlier life on a stale replica
-/// (none is live: it was purged here only once dead everywhere).
+/// Dots come from [`next_dot`]. When this node holds nothing of the key (a
+/// new key, or one purged after a delete or an expiry), the context claims
+/// every counter below the new dot as seen: that supersedes any leftover of
+/// the key's earlier life on a stale replica (none is live: it was purged
+/// here only once dead everywhere).
 pub fn new_version(
     current: &Record,
     context: Option<&Context>,
@@ -259,10 +257,11 @@ pub fn new_version(
         ctx.add(v.dot.clone());
         ctx.join(&v.context);
     }
-    let fresh = ctx.max_of(node) == 0 && held.max_of(node) == 0;
     let dot = next_dot(&held, &ctx, node, floor);
-    if fresh {
-        ctx.witness(node, floor);
+    if held.max_of(node) == 0 {
+        // Nothing of this node is live for the key: claim its earlier
+        // counters, so leftovers of a purged life are superseded.
+        ctx.witness(node, dot.counter - 1);
     }
     let next = current.update(&ctx, dot.clone(), content);
     let mut clock = ctx;
@@ -275,7 +274,7 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
     let ring = node.ring();
     let partition = ring.partition_of(key);
     let pref: Vec<String> = ring.preference_list(partition).into_iter().map(str::to_string).collect();
-    let needed = level.required(pref.len());
+    let needed = level.required(node.quorum_n());
     let key = Arc::new(key.to_vec());
     let (tx, rx) = mpsc::channel::<(String, Option<Option<Record>>)>(pref.len().max(1));
     for id in &pref {
@@ -474,6 +473,18 @@ mod tests {
         let merged = fresh.sync(&stale);
         assert_eq!(merged.len(), 1, "{merged:?}");
         assert_eq!(merged.values()[0].payload.value, b"new");
+    }
+
+    #[test]
+    fn a_context_from_an_earlier_life_does_not_reuse_a_dot() {
+        // The client kept a context naming a:5 from before a purge; the node
+        // now holds nothing of the key and its floor is lower (say, a wiped
+        // node with a fixed id).
+        let mut old = Context::new();
+        old.witness("a", 5);
+        let (r, clock) = new_version(&Record::new(), Some(&old), "a", 2, content("x", 1, None));
+        assert_eq!(r.values()[0].dot.counter, 6);
+        assert!(clock.cloud().is_empty());
     }
 
     #[test]

@@ -55,12 +55,27 @@ pub async fn deliver(node: &Node) -> usize {
     for hint in hints {
         let targets: Vec<String> = match node.member(&hint.owner) {
             Some((addr, Status::Alive)) => vec![addr],
-            Some((_, Status::Left)) | None => ring
-                .preference_list(hint.partition)
-                .into_iter()
-                .filter(|id| *id != node.id)
-                .filter_map(|id| node.member(id).map(|(a, _)| a))
-                .collect(),
+            Some((_, Status::Left)) | None => {
+                // The owner is gone for good: the key's replicas now take it,
+                // this node included when it is one.
+                let pref = ring.preference_list(hint.partition);
+                if pref.contains(&node.id.as_str()) {
+                    if let Err(e) = crate::coordinator::merge_local(node, &hint.key, &hint.record) {
+                        tracing::warn!(error = %e, "merging a hint locally failed");
+                        continue;
+                    }
+                }
+                let others: Vec<String> = pref
+                    .into_iter()
+                    .filter(|id| *id != node.id)
+                    .filter_map(|id| node.member(id).map(|(a, _)| a))
+                    .collect();
+                if others.is_empty() {
+                    remove(node, &hint, &mut delivered);
+                    continue;
+                }
+                others
+            }
             Some(_) => continue,
         };
         if owner_down.get(&hint.owner) == Some(&true) {
@@ -78,17 +93,22 @@ pub async fn deliver(node: &Node) -> usize {
             owner_down.insert(hint.owner.clone(), true);
             continue;
         }
-        match node.storage.remove_hint(&hint) {
-            Ok(true) => {
-                delivered += 1;
-                node.metrics.hints_delivered.inc();
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "removing a delivered hint failed"),
-        }
+        remove(node, &hint, &mut delivered);
     }
     node.metrics.hints_pending.set(node.storage.hints_pending() as i64);
     delivered
+}
+
+/// Deletes a delivered hint (unless it changed meanwhile) and counts it.
+fn remove(node: &Node, hint: &crate::storage::Hint, delivered: &mut usize) {
+    match node.storage.remove_hint(hint) {
+        Ok(true) => {
+            *delivered += 1;
+            node.metrics.hints_delivered.inc();
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "removing a delivered hint failed"),
+    }
 }
 
 /// Hands everything this node holds to the ring without it, then gossips

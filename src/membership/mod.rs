@@ -137,7 +137,7 @@ impl Table {
     /// Advances this node's own heartbeat; returns the new value.
     pub fn bump(&mut self, now: SystemTime) -> u64 {
         let me = self.members.get_mut(&self.me).expect("the table always holds this node");
-        me.heartbeat += 1;
+        me.heartbeat = me.heartbeat.saturating_add(1);
         me.updated_at = now;
         me.status = Status::Alive;
         me.heartbeat
@@ -203,6 +203,11 @@ impl Table {
         self.members.values().filter(|m| m.status != Status::Left).map(|m| m.id.clone()).collect()
     }
 
+    /// How many members have not left.
+    pub fn not_left_count(&self) -> usize {
+        self.members.values().filter(|m| m.status != Status::Left).count()
+    }
+
     /// What this node gossips: every member it knows.
     pub fn digests(&self) -> Vec<Digest> {
         self.members
@@ -227,7 +232,7 @@ impl Table {
                 // whose reservation was lost): jump past it.
                 let me = self.members.get_mut(&self.me).expect("self entry");
                 if d.heartbeat > me.heartbeat {
-                    me.heartbeat = d.heartbeat + 1;
+                    me.heartbeat = d.heartbeat.saturating_add(1);
                 }
                 continue;
             }

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{PeerError, Peers, FORMAT};
 use crate::storage::Record;
+use crate::version::Dot;
 
 /// Most operations in one batch.
 pub const MAX_BATCH: usize = 256;
@@ -51,6 +52,15 @@ pub enum BatchOp {
         /// The state to merge.
         record: Record,
     },
+    /// Drop the key if this node holds exactly these versions (tombstones
+    /// every replica holds; sent by the key's first replica).
+    Purge {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The versions purged.
+        dots: Vec<Dot>,
+    },
 }
 
 /// [`BatchOp`] by reference: identical bytes without cloning.
@@ -64,6 +74,11 @@ enum BatchOpRef<'a> {
         #[serde(with = "serde_bytes")]
         key: &'a [u8],
         record: &'a Record,
+    },
+    Purge {
+        #[serde(with = "serde_bytes")]
+        key: &'a [u8],
+        dots: &'a [Dot],
     },
 }
 
@@ -86,6 +101,11 @@ pub fn read_op(key: &[u8]) -> Bytes {
 /// Encodes a replica write for [`Peers::batch`]; encode once, send to many.
 pub fn write_op(key: &[u8], record: &Record) -> Bytes {
     Bytes::from(postcard::to_allocvec(&BatchOpRef::Write { key, record }).expect("plain data serializes"))
+}
+
+/// Encodes a purge for [`Peers::batch`].
+pub fn purge_op(key: &[u8], dots: &[Dot]) -> Bytes {
+    Bytes::from(postcard::to_allocvec(&BatchOpRef::Purge { key, dots }).expect("plain data serializes"))
 }
 
 /// Builds a batch body from encoded operations.

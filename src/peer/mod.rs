@@ -186,6 +186,15 @@ impl Peers {
         }
     }
 
+    /// Asks a replica to drop `key` if it holds exactly `dots`.
+    pub async fn purge(&self, base: &str, key: &[u8], dots: &[crate::version::Dot]) -> Result<(), PeerError> {
+        match self.batch(base, batch::purge_op(key, dots)).await? {
+            batch::BatchReply::Written => Ok(()),
+            batch::BatchReply::Failed(e) => Err(PeerError::Batch(e)),
+            batch::BatchReply::Read(_) => Err(PeerError::Malformed),
+        }
+    }
+
     /// One `/internal/batch` call.
     async fn send_batch(&self, base: &str, body: Bytes) -> Result<Vec<batch::BatchReply>, PeerError> {
         let bytes = self.call(base, BATCH_PATH, body).await?;

@@ -23,7 +23,7 @@ pub mod record;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 pub use record::{Content, Record};
 
@@ -84,6 +84,8 @@ pub struct Storage {
     /// the last reservation).
     dot_floor: AtomicU64,
     dot_reserved: AtomicU64,
+    /// Entries in `hints` (sled's `len` is a full scan).
+    hint_count: AtomicUsize,
 }
 
 /// How a node opens its storage.
@@ -141,8 +143,10 @@ impl Storage {
             tombstone_grace_ms: opts.tombstone_grace_ms,
             dot_floor: AtomicU64::new(0),
             dot_reserved: AtomicU64::new(0),
+            hint_count: AtomicUsize::new(0),
             db,
         };
+        storage.hint_count.store(storage.hints.len(), Ordering::SeqCst);
         let reserved = read_u64(&storage.meta, META_DOT_FLOOR)?;
         storage.dot_floor.store(reserved, Ordering::SeqCst);
         storage.dot_reserved.store(reserved, Ordering::SeqCst);
@@ -323,14 +327,18 @@ impl Storage {
         let hk = hint_key(owner, partition, key);
         loop {
             let old = self.hints.get(&hk)?;
-            if old.is_none() && self.hints.len() >= MAX_HINTS {
+            if old.is_none() && self.hints_pending() >= MAX_HINTS {
                 return Ok(false);
             }
             let merged = match &old {
                 Some(bytes) => record::decode(bytes)?.sync(record),
                 None => record.clone(),
             };
+            let is_new = old.is_none();
             if self.hints.compare_and_swap(&hk, old, Some(record::encode(&merged)))?.is_ok() {
+                if is_new {
+                    self.hint_count.fetch_add(1, Ordering::SeqCst);
+                }
                 return Ok(true);
             }
         }
@@ -342,7 +350,9 @@ impl Storage {
         for item in self.hints.iter().take(limit) {
             let (k, v) = item?;
             let Some((owner, partition, key)) = split_hint_key(&k) else {
-                self.hints.remove(&k)?;
+                if self.hints.remove(&k)?.is_some() {
+                    self.hint_count.fetch_sub(1, Ordering::SeqCst);
+                }
                 continue;
             };
             out.push(Hint { owner, partition, key, record: record::decode(&v)?, raw_key: k.to_vec(), raw: v.to_vec() });
@@ -353,12 +363,17 @@ impl Storage {
     /// Deletes a delivered hint unless it changed since it was read (a newer
     /// write merged into it waits for the next delivery).
     pub fn remove_hint(&self, hint: &Hint) -> Result<bool, StorageError> {
-        Ok(self.hints.compare_and_swap(&hint.raw_key, Some(hint.raw.as_slice()), None as Option<&[u8]>)?.is_ok())
+        let removed =
+            self.hints.compare_and_swap(&hint.raw_key, Some(hint.raw.as_slice()), None as Option<&[u8]>)?.is_ok();
+        if removed {
+            self.hint_count.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(removed)
     }
 
     /// Hints waiting for delivery.
     pub fn hints_pending(&self) -> usize {
-        self.hints.len()
+        self.hint_count.load(Ordering::SeqCst)
     }
 
     /// Removes a handled index entry.

@@ -372,14 +372,19 @@ impl<T: Clone> Siblings<T> {
 }
 
 /// The next dot `node` may use, given what it holds for the key (`held`) and
-/// the writer's context: one above the highest counter of `node` in either,
-/// so that a node's consecutive writes stay contiguous and vectors absorb
-/// them. When neither knows `node`, the counter starts above `floor`, the
-/// highest counter `node` ever issued for any key, so that a key purged and
-/// written again never reuses a dot of its earlier life.
+/// the writer's context.
+///
+/// While `node` holds versions of the key, one above the highest counter of
+/// `node` in either: a node keeps every dot it issued for a key until the
+/// whole record is purged, so that counter is unused, and consecutive writes
+/// stay contiguous for the vector to absorb. When `node` holds nothing of the
+/// key (a new key, or one purged after a delete or an expiry), the counter
+/// goes above `floor`, the highest counter `node` ever issued for any key,
+/// and above anything the context names, so a key written again never reuses
+/// a dot of its earlier life.
 pub fn next_dot(held: &Context, ctx: &Context, node: &str, floor: u64) -> Dot {
-    let seen = ctx.max_of(node).max(held.max_of(node));
-    let counter = if seen == 0 { floor + 1 } else { seen + 1 };
+    let mine = held.max_of(node);
+    let counter = if mine == 0 { floor.max(ctx.max_of(node)) + 1 } else { mine.max(ctx.max_of(node)) + 1 };
     Dot { node: node.to_string(), counter }
 }
 

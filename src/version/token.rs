@@ -20,6 +20,9 @@ use super::{Context, Dot, VersionVector};
 const FORMAT: u8 = 1;
 const SEED: u64 = 0x6479_6e61_6b76_6378; // "dynakvcx"
 const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Counters above this are refused: no node issues that many dots, and the
+/// headroom keeps every `+ 1` on a counter from overflowing.
+pub const MAX_COUNTER: u64 = 1 << 62;
 
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -139,7 +142,7 @@ impl<'a> Reader<'a> {
         let len = self.byte()? as usize;
         let id = std::str::from_utf8(self.take(len)?).map_err(|_| ContextError::Invalid)?;
         let counter = self.varint()?;
-        if id.is_empty() || counter == 0 {
+        if id.is_empty() || counter == 0 || counter > MAX_COUNTER {
             return Err(ContextError::Invalid);
         }
         Ok((id, counter))

@@ -118,7 +118,12 @@ async fn unknown_routes_and_methods_are_json() {
 async fn bad_content_type_is_400() {
     let s = Server::start(&[]).await;
     let long = "a/".to_string() + &"b".repeat(300);
-    let r = s.http.put(s.at("/kv/ct")).header("Content-Type", long).body("v").send().await.unwrap();
-    assert_error(r, 400, "invalid_content_type").await;
+    for bad in [long.as_str(), "foo", "text/", "/plain", "te xt/plain"] {
+        let r = s.http.put(s.at("/kv/ct")).header("Content-Type", bad).body("v").send().await.unwrap();
+        assert_error(r, 400, "invalid_content_type").await;
+    }
     assert_nothing_stored(&s, "ct").await;
+    let r =
+        s.http.put(s.at("/kv/ct")).header("Content-Type", "text/plain; charset=utf-8").body("v").send().await.unwrap();
+    assert_eq!(r.status(), 204);
 }

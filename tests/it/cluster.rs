@@ -408,3 +408,51 @@ async fn leave_hands_off_and_the_others_drop_it_at_once() {
     c.nodes[2].restart().await;
     c.wait_all_alive().await;
 }
+
+#[tokio::test]
+async fn dead_members_still_count_for_n_r_and_w() {
+    let timers = [
+        "--gossip-interval-ms",
+        "50",
+        "--suspect-after-ms",
+        "300",
+        "--dead-after-ms",
+        "800",
+        "--request-timeout-ms",
+        "300",
+    ];
+    let mut c = Cluster::start_with(3, &timers, &[]).await;
+    c.nodes[1].kill();
+    c.nodes[2].kill();
+    let s = c.node(0);
+    eventually("n2 and n3 dead on n1", || async {
+        let st = member_statuses(s).await;
+        st.get("n2").map(String::as_str) == Some("dead") && st.get("n3").map(String::as_str) == Some("dead")
+    })
+    .await;
+    assert_eq!(ring_nodes(s).await.len(), 1, "dead members leave the ring");
+    // N stays 3: quorum is still 2, and w=3 is still a valid request.
+    for w in ["quorum", "all", "3", "2"] {
+        let r = put(s, "k", "v", &format!("?w={w}"), None).await;
+        assert_eq!(r.status(), 503, "w={w} must not be met by one live node");
+    }
+    assert_eq!(put(s, "k", "v", "?w=1", None).await.status(), 204);
+    assert_eq!(s.http.get(s.at("/kv/k?r=quorum")).send().await.unwrap().status(), 503);
+    assert_eq!(s.http.get(s.at("/kv/k?r=1")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn tombstones_are_purged_on_every_replica_once_all_hold_them() {
+    let c = Cluster::start(3, &["--tombstone-grace-ms", "300"]).await;
+    assert_eq!(put(c.node(0), "gone", "v", "?w=all", None).await.status(), 204);
+    let r = c.node(1).http.delete(c.node(1).at("/kv/gone?w=all")).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    eventually("the tombstone purged on all three replicas", || async {
+        replica_versions(c.node(2), "gone")
+            .await
+            .iter()
+            .all(|(_, reachable, versions)| *reachable && versions.is_empty())
+    })
+    .await;
+    assert_eq!(c.node(0).get("gone").await.0, 404);
+}
