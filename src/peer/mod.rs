@@ -23,7 +23,7 @@ use crate::storage::Record;
 pub const SECRET_HEADER: &str = "x-dynakv-secret";
 /// Header marking a client request forwarded by another node (never forwarded again).
 pub const FORWARDED_HEADER: &str = "x-dynakv-forwarded";
-/// Internal routes.
+/// Gossip route.
 pub const GOSSIP_PATH: &str = "/internal/gossip";
 /// Hint route.
 pub const HINT_PATH: &str = "/internal/hint";
