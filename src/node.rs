@@ -8,6 +8,7 @@
 //! acknowledged write whatever `--sync-writes` says.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -45,6 +46,9 @@ pub struct Node {
     /// Membership table. A std mutex: held only for short sections, never
     /// across an `.await`.
     pub members: Mutex<Table>,
+    /// Members that have not left, kept by [`Node::publish_members`] so the
+    /// request path reads a number instead of locking the table.
+    not_left: AtomicUsize,
     /// Cancelled by `POST /cluster/leave`: the node hands off and stops.
     pub leave: CancellationToken,
     /// The pooled client for node-to-node calls.
@@ -101,6 +105,7 @@ impl Node {
             storage,
             metrics: Metrics::new(),
             members: Mutex::new(table),
+            not_left: AtomicUsize::new(1),
             leave: CancellationToken::new(),
             peers,
             ring,
@@ -165,6 +170,7 @@ impl Node {
         for (status, n) in ["alive", "suspect", "dead", "left"].iter().zip(counts) {
             self.metrics.members.with_label_values(&[status]).set(n);
         }
+        self.not_left.store(t.not_left_count(), Ordering::SeqCst);
         let ring_members = t.ring_members();
         if self.ring.borrow().nodes() != ring_members.as_slice() {
             let ring = Ring::new(&ring_members, self.cfg.partitions, self.cfg.vnodes, self.cfg.replicas);
@@ -178,8 +184,7 @@ impl Node {
     /// lowered because members are down); the ring, which places data, holds
     /// only alive and suspect ones, and stand-ins make up the difference.
     pub fn quorum_n(&self) -> usize {
-        let members = self.members.lock().expect("members lock").not_left_count();
-        (self.cfg.replicas as usize).min(members).max(1)
+        (self.cfg.replicas as usize).min(self.not_left.load(Ordering::SeqCst)).max(1)
     }
 
     /// Base URL and status of member `id`.
@@ -253,24 +258,35 @@ fn spawn_loops(node: &Arc<Node>, cancel: &CancellationToken, tasks: &TaskTracker
     tasks.spawn(async move { crate::reaper::run(n, c).await });
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal that arrives
+/// while the server starts is not lost to the default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
+        async move {
+            tokio::select! {
+                _ = recv(term.as_mut()) => {},
+                _ = recv(int.as_mut()) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Waits for one delivery of a signal (forever if it could not be installed).
+#[cfg(unix)]
+async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }

@@ -116,10 +116,12 @@ pub fn purge_if(node: &Node, key: &[u8], dots: &[Dot]) -> Result<bool, StorageEr
     let partition = node.ring().partition_of(key);
     let now = now_ms();
     let out = node.storage.update(partition, key, |cur| match cur {
+        // The first replica checked the grace period; here only that
+        // nothing live came in since.
         Some(rec)
             if rec.len() == dots.len()
                 && rec.values().iter().all(|v| dots.contains(&v.dot))
-                && rec.values().iter().all(|v| v.payload.deleted || v.payload.expired(now)) =>
+                && purgeable(&rec, now, 0) =>
         {
             Ok::<_, ()>((None, true))
         }

@@ -221,10 +221,11 @@ impl Table {
             .collect()
     }
 
-    /// Applies digests heard from a peer at `now`. Returns whether the set of
-    /// ring members or any address changed.
+    /// Applies digests heard from a peer at `now`. Returns whether the
+    /// members, the ring members, the members not left or an address changed.
     pub fn merge(&mut self, digests: &[Digest], now: SystemTime) -> bool {
         let before = self.ring_members();
+        let not_left_before = self.not_left_count();
         let mut changed = false;
         for d in digests {
             if d.id == self.me {
@@ -254,7 +255,7 @@ impl Table {
                 }
             }
         }
-        changed || before != self.ring_members()
+        changed || before != self.ring_members() || not_left_before != self.not_left_count()
     }
 
     /// Marks this node as leaving: one last heartbeat, status `left`.
@@ -355,6 +356,20 @@ mod tests {
         assert_eq!(t.get("b").unwrap().status, Status::Left, "left is not aged into dead");
         assert!(t.merge(&[d("b", 6)], at(20_000)));
         assert_eq!(t.get("b").unwrap().status, Status::Alive);
+    }
+
+    #[test]
+    fn a_dead_member_announced_left_is_a_change() {
+        let mut t = Table::new("a", "http://a", 1, at(0));
+        t.merge(&[d("b", 3)], at(0));
+        for now in (10..=200).step_by(10) {
+            t.refresh(at(now), T);
+        }
+        assert_eq!(t.get("b").unwrap().status, Status::Dead);
+        let mut gone = d("b", 3);
+        gone.left = true;
+        assert!(t.merge(&[gone], at(210)), "members not left went from 2 to 1");
+        assert_eq!(t.not_left_count(), 1);
     }
 
     #[test]

@@ -294,7 +294,7 @@ impl Storage {
     /// Index entries due at `now_ms`, at most `limit`: expired values when
     /// `tombstones` is false, tombstones past grace when true.
     pub fn due(&self, tombstones: bool, now_ms: u64, limit: usize) -> Result<Vec<Due>, StorageError> {
-        let tree = if tombstones { &self.tombstones } else { &self.expiry };
+        let tree = self.index_tree(tombstones);
         let mut out = Vec::new();
         for item in tree.range(..(now_ms.saturating_add(1)).to_be_bytes().to_vec()).take(limit) {
             let (k, _) = item?;
@@ -315,7 +315,7 @@ impl Storage {
     /// Moves an index entry to `until_ms` (a tombstone whose replicas could
     /// not all confirm it yet).
     pub fn defer(&self, tombstones: bool, due: &Due, until_ms: u64) -> Result<(), StorageError> {
-        let tree = if tombstones { &self.tombstones } else { &self.expiry };
+        let tree = self.index_tree(tombstones);
         tree.insert(index_key(until_ms, due.partition, &due.key), &[])?;
         tree.remove(&due.index_key)?;
         Ok(())
@@ -378,9 +378,16 @@ impl Storage {
 
     /// Removes a handled index entry.
     pub fn done(&self, tombstones: bool, due: &Due) -> Result<(), StorageError> {
-        let tree = if tombstones { &self.tombstones } else { &self.expiry };
-        tree.remove(&due.index_key)?;
+        self.index_tree(tombstones).remove(&due.index_key)?;
         Ok(())
+    }
+
+    fn index_tree(&self, tombstones: bool) -> &sled::Tree {
+        if tombstones {
+            &self.tombstones
+        } else {
+            &self.expiry
+        }
     }
 
     /// Every (key, record) of one partition (a full scan; call off the async
@@ -503,6 +510,20 @@ mod tests {
     use super::*;
     use crate::version::Context;
 
+    /// Opens again after a drop: sled's flusher thread lets go of the file
+    /// lock a moment after the last handle is dropped, so poll for it.
+    fn reopen(dir: &Path, opts: &StorageOptions) -> Result<Arc<Storage>, StorageError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Storage::open(dir, opts) {
+                Err(StorageError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn opts(partitions: u32, sync_writes: bool) -> StorageOptions {
         StorageOptions { partitions, sync_writes, tombstone_grace_ms: 1000 }
     }
@@ -545,13 +566,13 @@ mod tests {
             put(&s, b"k", "v2");
             s.durable().await.unwrap();
         }
-        let s = Storage::open(dir.path(), &opts(4, false)).unwrap();
+        let s = reopen(dir.path(), &opts(4, false)).unwrap();
         let rec = s.get(0, b"k").unwrap().unwrap();
         assert_eq!(rec.len(), 1);
         assert_eq!(rec.values()[0].payload.value, b"v2");
         drop(s);
         assert!(matches!(
-            Storage::open(dir.path(), &opts(8, false)),
+            reopen(dir.path(), &opts(8, false)),
             Err(StorageError::PartitionMismatch { stored: 4, requested: 8, .. })
         ));
     }
@@ -567,7 +588,7 @@ mod tests {
             assert_eq!(s.dot_floor(), 5);
             // Dropped without a flush of anything but the reservation.
         }
-        let s = Storage::open(dir.path(), &opts(1, false)).unwrap();
+        let s = reopen(dir.path(), &opts(1, false)).unwrap();
         assert!(s.dot_floor() >= 5, "a restart starts at or above every issued counter");
     }
 
@@ -605,7 +626,7 @@ mod tests {
             assert!(s.store_hint("owner-1", 3, b"key", &b).unwrap());
             s.flush().await.unwrap();
         }
-        let s = Storage::open(dir.path(), &opts(4, false)).unwrap();
+        let s = reopen(dir.path(), &opts(4, false)).unwrap();
         let hints = s.hints(10).unwrap();
         assert_eq!(hints.len(), 1);
         assert_eq!((hints[0].owner.as_str(), hints[0].partition, hints[0].key.as_slice()), ("owner-1", 3, &b"key"[..]));
