@@ -25,7 +25,7 @@ pub enum ApiError {
     #[error(transparent)]
     InvalidQuorum(#[from] crate::coordinator::LevelError),
     /// Bad `ttl`.
-    #[error("ttl={0:?} must be a whole number of seconds from 1 to 3153600000")]
+    #[error("ttl={0:?} must be a whole number of seconds from 1 to 9999999999")]
     InvalidTtl(String),
     /// Query string that does not parse.
     #[error("query string does not parse: {0}")]

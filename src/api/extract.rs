@@ -15,8 +15,9 @@ use crate::coordinator::Level;
 use crate::node::Node;
 use crate::version::{token, Context};
 
-/// Longest accepted `ttl`, in seconds (about 100 years).
-pub const MAX_TTL_SECS: u64 = 3_153_600_000;
+/// Longest accepted `ttl`, in seconds (ten digits, about 317 years), as
+/// `openapi.yaml` states it.
+pub const MAX_TTL_SECS: u64 = 9_999_999_999;
 
 /// The percent-decoded key, checked against `--max-key-bytes`.
 pub fn key(node: &Node, path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
@@ -37,14 +38,10 @@ pub fn query(q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Resul
 
 /// `r` (`writes = false`) or `w` (`writes = true`), or the configured default.
 pub fn level(node: &Node, q: &HashMap<String, String>, writes: bool) -> Result<Level, ApiError> {
-    let n = node.quorum_n();
     let param = if writes { "w" } else { "r" };
     match q.get(param) {
-        Some(v) => Ok(Level::parse(v, writes, n)?),
-        None => {
-            let default = if writes { node.cfg.write_quorum } else { node.cfg.read_quorum };
-            Ok(Level::Count(default.min(n as u32).max(1)))
-        }
+        Some(v) => Ok(Level::parse(v, writes)?),
+        None => Ok(Level::Count(u64::from(if writes { node.cfg.write_quorum } else { node.cfg.read_quorum }))),
     }
 }
 
@@ -53,7 +50,7 @@ pub fn ttl(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
     match q.get("ttl") {
         None => Ok(None),
         Some(v) => match v.parse::<u64>() {
-            Ok(s) if (1..=MAX_TTL_SECS).contains(&s) => Ok(Some(s)),
+            Ok(s) if (1..=MAX_TTL_SECS).contains(&s) && v.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(s)),
             _ => Err(ApiError::InvalidTtl(v.clone())),
         },
     }

@@ -1,13 +1,19 @@
 //! Read and write quorums: what a client may ask for (`r`, `w`) and how many
 //! replies that means for a preference list of N nodes. Pure arithmetic.
+//!
+//! A count is any whole number from 1 up to [`MAX_COUNT`] (ten digits, as
+//! `openapi.yaml` says); above N it means every replica, the same cap that
+//! SPEC §2 applies to the `--read-quorum` and `--write-quorum` defaults. So
+//! what the API accepts does not depend on how many members the cluster has
+//! right now, and 0, negatives and words are the only refusals.
 
 /// A requested consistency level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     /// Writes only: ack after the coordinator's own durable write.
     Async,
-    /// Exactly this many replies.
-    Count(u32),
+    /// This many replies (at most N).
+    Count(u64),
     /// floor(N/2) + 1.
     Quorum,
     /// Every node of the preference list.
@@ -20,15 +26,17 @@ pub enum LevelError {
     /// Not one of the accepted spellings.
     #[error("{param}={value:?} is not one of {allowed}")]
     Unknown { param: &'static str, value: String, allowed: &'static str },
-    /// A count outside 1..=N.
-    #[error("{param}={value} is outside 1..={n} (N for this cluster)")]
-    OutOfRange { param: &'static str, value: u64, n: usize },
+    /// A count of 0 or more than ten digits.
+    #[error("{param}={value} must be a whole number from 1 to 9999999999 (counts above N mean all replicas)")]
+    OutOfRange { param: &'static str, value: String },
 }
 
+/// Largest count accepted for `r` or `w`.
+pub const MAX_COUNT: u64 = 9_999_999_999;
+
 impl Level {
-    /// Parses `r` (`writes = false`) or `w` (`writes = true`) for a
-    /// preference list of `n` nodes.
-    pub fn parse(value: &str, writes: bool, n: usize) -> Result<Self, LevelError> {
+    /// Parses `r` (`writes = false`) or `w` (`writes = true`).
+    pub fn parse(value: &str, writes: bool) -> Result<Self, LevelError> {
         let param = if writes { "w" } else { "r" };
         match value {
             "quorum" => Ok(Level::Quorum),
@@ -36,12 +44,13 @@ impl Level {
             "async" if writes => Ok(Level::Async),
             _ => {
                 let allowed = if writes { "async, quorum, all or 1..N" } else { "quorum, all or 1..N" };
-                let count: u64 =
-                    value.parse().map_err(|_| LevelError::Unknown { param, value: value.to_string(), allowed })?;
-                if count == 0 || count > n as u64 {
-                    return Err(LevelError::OutOfRange { param, value: count, n });
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(LevelError::Unknown { param, value: value.to_string(), allowed });
                 }
-                Ok(Level::Count(count as u32))
+                match value.parse::<u64>() {
+                    Ok(count) if (1..=MAX_COUNT).contains(&count) => Ok(Level::Count(count)),
+                    _ => Err(LevelError::OutOfRange { param, value: value.to_string() }),
+                }
             }
         }
     }
@@ -51,7 +60,7 @@ impl Level {
     pub fn required(self, n: usize) -> usize {
         match self {
             Level::Async => 1,
-            Level::Count(c) => (c as usize).min(n).max(1),
+            Level::Count(c) => (c.min(n as u64) as usize).max(1),
             Level::Quorum => n / 2 + 1,
             Level::All => n.max(1),
         }
@@ -64,15 +73,24 @@ mod tests {
 
     #[test]
     fn spellings() {
-        assert_eq!(Level::parse("quorum", false, 3), Ok(Level::Quorum));
-        assert_eq!(Level::parse("all", true, 3), Ok(Level::All));
-        assert_eq!(Level::parse("async", true, 3), Ok(Level::Async));
-        assert!(Level::parse("async", false, 3).is_err());
-        assert_eq!(Level::parse("2", true, 3), Ok(Level::Count(2)));
-        assert!(matches!(Level::parse("0", true, 3), Err(LevelError::OutOfRange { .. })));
-        assert!(matches!(Level::parse("4", true, 3), Err(LevelError::OutOfRange { .. })));
-        assert!(matches!(Level::parse("-1", true, 3), Err(LevelError::Unknown { .. })));
-        assert!(matches!(Level::parse("QUORUM", true, 3), Err(LevelError::Unknown { .. })));
+        assert_eq!(Level::parse("quorum", false), Ok(Level::Quorum));
+        assert_eq!(Level::parse("all", true), Ok(Level::All));
+        assert_eq!(Level::parse("async", true), Ok(Level::Async));
+        assert!(Level::parse("async", false).is_err());
+        assert_eq!(Level::parse("2", true), Ok(Level::Count(2)));
+        assert_eq!(Level::parse("9999999999", true), Ok(Level::Count(9_999_999_999)));
+        assert!(matches!(Level::parse("0", true), Err(LevelError::OutOfRange { .. })));
+        assert!(matches!(Level::parse("10000000000", true), Err(LevelError::OutOfRange { .. })));
+        assert!(matches!(Level::parse("99999999999999999999999", true), Err(LevelError::OutOfRange { .. })));
+        for bad in ["-1", "+1", "1.0", "", " 1", "QUORUM"] {
+            assert!(matches!(Level::parse(bad, true), Err(LevelError::Unknown { .. })), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn counts_above_n_mean_every_replica() {
+        assert_eq!(Level::Count(5).required(3), 3);
+        assert_eq!(Level::Count(9_999_999_999).required(1), 1);
     }
 
     #[test]

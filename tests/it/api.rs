@@ -210,11 +210,12 @@ async fn sibling_cap_refuses_growth_but_never_resolution() {
 #[tokio::test]
 async fn quorum_parameters_are_capped_by_a_single_member() {
     let s = Server::start(&[]).await;
-    for q in ["w=1", "w=quorum", "w=all", "w=async"] {
+    // Counts above N (here 1) mean every replica, like the capped defaults.
+    for q in ["w=1", "w=quorum", "w=all", "w=async", "w=2", "w=3", "w=9999999999"] {
         let r = s.http.put(s.at(&format!("/kv/k?{q}"))).body(q).send().await.unwrap();
         assert_eq!(r.status(), 204, "{q}");
     }
-    for q in ["r=1", "r=quorum", "r=all"] {
+    for q in ["r=1", "r=quorum", "r=all", "r=3"] {
         let r = s.http.get(s.at(&format!("/kv/k?{q}"))).send().await.unwrap();
         assert_eq!(r.status(), 200, "{q}");
     }
