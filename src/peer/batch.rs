@@ -2,8 +2,10 @@
 //! travel together in one `POST /internal/batch`.
 //!
 //! Each peer gets a sender task. It takes whatever is queued (at most
-//! [`MAX_BATCH`] operations) and sends it; while up to [`IN_FLIGHT`] batches
-//! to that peer are in the air, new operations wait and form the next batch.
+//! [`MAX_BATCH`] operations) and sends it; while [`IN_FLIGHT`] batches to that
+//! peer are in the air, new operations wait and form the next batch (group
+//! commit for the network: the batch grows with load and with the peer's
+//! latency, flush time included).
 //! An idle cluster therefore sends every operation at once, alone, and a busy
 //! one sends fewer, larger requests: on loopback, per-request overhead
 //! (syscalls, HTTP framing, task switches) was most of a replica write's cost.
@@ -30,8 +32,9 @@ pub const MAX_BATCH: usize = 256;
 /// A batch stops growing past this many bytes (one larger operation still
 /// travels, alone).
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
-/// Batches in the air to one peer at once.
-pub const IN_FLIGHT: usize = 2;
+/// Batches in the air to one peer at once. One measured 5-10 % faster than
+/// two on the benchmark machine (bench/NOTES.md); the batch grows instead.
+pub const IN_FLIGHT: usize = 1;
 /// Operations that may wait for one peer before callers wait to enqueue.
 const QUEUE: usize = 4096;
 
