@@ -10,7 +10,7 @@
 //! stores is written to the key's preference list in the ring without this
 //! node, its hints are delivered, and `left` is gossiped to every live peer.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -50,7 +50,7 @@ pub async fn deliver(node: &Node) -> usize {
         return 0;
     }
     let ring = node.ring();
-    let mut owner_down: HashMap<String, bool> = HashMap::new();
+    let mut owner_down: HashSet<String> = HashSet::new();
     let mut delivered = 0;
     for hint in hints {
         let targets: Vec<String> = match node.member(&hint.owner) {
@@ -78,7 +78,7 @@ pub async fn deliver(node: &Node) -> usize {
             }
             Some(_) => continue,
         };
-        if owner_down.get(&hint.owner) == Some(&true) {
+        if owner_down.contains(&hint.owner) {
             continue;
         }
         let mut ok = false;
@@ -90,7 +90,7 @@ pub async fn deliver(node: &Node) -> usize {
         }
         if !ok {
             // Do not hammer an owner that just failed; next round.
-            owner_down.insert(hint.owner.clone(), true);
+            owner_down.insert(hint.owner.clone());
             continue;
         }
         remove(node, &hint, &mut delivered);

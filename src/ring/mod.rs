@@ -80,11 +80,6 @@ impl Ring {
         &self.nodes
     }
 
-    /// Whether `node` is a member of this ring.
-    pub fn contains(&self, node: &str) -> bool {
-        self.nodes.binary_search_by(|n| n.as_str().cmp(node)).is_ok()
-    }
-
     /// The partition of `key`.
     pub fn partition_of(&self, key: &[u8]) -> u32 {
         partition_of(key, self.partitions)
@@ -100,11 +95,6 @@ impl Ring {
     /// distinct nodes.
     pub fn preference_list(&self, p: u32) -> Vec<&str> {
         self.walk(p).take(self.effective_replicas()).collect()
-    }
-
-    /// The partitions whose preference list contains `node`.
-    pub fn partitions_of_node<'a>(&'a self, node: &'a str) -> impl Iterator<Item = u32> + 'a {
-        (0..self.partitions).filter(move |&p| self.preference_list(p).contains(&node))
     }
 }
 

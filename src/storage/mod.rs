@@ -417,11 +417,6 @@ impl Storage {
         self.db.flush_async().await?;
         Ok(())
     }
-
-    /// Bytes on disk, as sled estimates them.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 /// An index entry that is due.

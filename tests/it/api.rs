@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::support::{context_of, eventually, Server};
+use crate::support::{context_of, eventually, sorted_values, Server};
 
 #[tokio::test]
 async fn put_then_get_returns_value_and_content_type() {
@@ -50,9 +50,7 @@ async fn stale_context_makes_siblings_and_read_context_resolves_them() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["key"], "car");
     assert_eq!(body["context"], header_ctx.as_str());
-    let mut values: Vec<&str> =
-        body["siblings"].as_array().unwrap().iter().map(|s| s["value"].as_str().unwrap()).collect();
-    values.sort();
+    let values = sorted_values(&body);
     assert_eq!(values, ["BIKE", "CAR"]);
     for sib in body["siblings"].as_array().unwrap() {
         assert_eq!(sib["encoding"], "utf-8");
@@ -78,9 +76,7 @@ async fn a_writer_that_saw_nothing_does_not_overwrite_with_its_returned_context(
     let (_, returned) = s.put("k", "client2-a", Some(&ctx)).await;
     s.put("k", "client2-b", Some(&returned.unwrap())).await;
     let body: Value = s.http.get(s.at("/kv/k")).send().await.unwrap().json().await.unwrap();
-    let mut values: Vec<&str> =
-        body["siblings"].as_array().unwrap().iter().map(|s| s["value"].as_str().unwrap()).collect();
-    values.sort();
+    let values = sorted_values(&body);
     assert_eq!(values, ["client1", "client2-b"]);
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{context_of, eventually, member_statuses, replica_versions, Cluster, Server};
+use crate::support::{context_of, eventually, member_statuses, replica_versions, sorted_values, Cluster, Server};
 
 async fn ring_nodes(s: &Server) -> std::collections::BTreeSet<String> {
     let r: Value = s.http.get(s.at("/cluster/ring")).send().await.unwrap().json().await.unwrap();
@@ -45,12 +45,7 @@ async fn sibling_values(s: &Server, key: &str, query: &str) -> (u16, Vec<String>
     let status = r.status().as_u16();
     let ctx = context_of(&r);
     let body: Value = r.json().await.unwrap();
-    let mut values: Vec<String> = body["siblings"]
-        .as_array()
-        .map(|a| a.iter().map(|s| s["value"].as_str().unwrap_or("<deleted>").to_string()).collect())
-        .unwrap_or_default();
-    values.sort();
-    (status, values, ctx)
+    (status, sorted_values(&body), ctx)
 }
 
 #[tokio::test]

@@ -373,3 +373,14 @@ pub async fn replica_versions(s: &Server, key: &str) -> Vec<(String, bool, Vec<s
         })
         .collect()
 }
+
+/// The sibling values of a JSON read body, sorted (`<deleted>` for a
+/// tombstone).
+pub fn sorted_values(body: &serde_json::Value) -> Vec<String> {
+    let mut values: Vec<String> = body["siblings"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s["value"].as_str().unwrap_or("<deleted>").to_string()).collect())
+        .unwrap_or_default();
+    values.sort();
+    values
+}
