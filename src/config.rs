@@ -9,7 +9,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,6 +136,36 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Parses the process's flags and environment (exiting with clap's usage
+    /// message on a parse error). An optional text setting given as an
+    /// empty environment variable counts as unset, so a compose file or a
+    /// manifest can pass `DYNAKV_CLUSTER_SECRET: ${DYNAKV_CLUSTER_SECRET:-}`;
+    /// an empty value on the command line is still refused by [`Config::validate`].
+    pub fn load() -> Self {
+        Self::load_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Config::load`] from given arguments (and the process environment).
+    pub fn load_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cfg = Self::from_arg_matches(&matches)?;
+        let from_env = |id: &str| matches.value_source(id) == Some(ValueSource::EnvVariable);
+        for (id, value) in [
+            ("node_id", &mut cfg.node_id),
+            ("advertise", &mut cfg.advertise),
+            ("cluster_secret", &mut cfg.cluster_secret),
+        ] {
+            if from_env(id) && value.as_deref() == Some("") {
+                *value = None;
+            }
+        }
+        Ok(cfg)
+    }
+
     /// Checks what clap cannot: relations between flags and URL shapes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.read_quorum > self.replicas {
@@ -245,6 +276,14 @@ mod tests {
         assert!(parse(&["--node-id", "a b"]).unwrap().validate().is_err());
         assert!(parse(&["--node-id", "node-1.a_b"]).unwrap().validate().is_ok());
         assert!(parse(&["--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn an_empty_secret_is_refused_on_the_command_line() {
+        let c = Config::load_from(["dynakv", "--cluster-secret", ""]).unwrap();
+        assert_eq!(c.validate(), Err(ConfigError::EmptySecret));
+        let c = Config::load_from(["dynakv", "--cluster-secret", "s"]).unwrap();
+        assert_eq!(c.cluster_secret.as_deref(), Some("s"));
     }
 
     #[test]

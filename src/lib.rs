@@ -2,32 +2,61 @@
 //!
 //! # Layout
 //!
+//! Leaves (import nothing of the crate; pure unless noted):
+//! - [`clock`]: the wall clock in milliseconds.
 //! - [`config`]: flags and `DYNAKV_*` variables (SPEC §2), validated at start.
-//! - [`ring`]: xxh3 key hashing, Q fixed partitions, vnode tokens, preference
-//!   lists. Pure.
-//! - [`version`]: dotted version vectors (update, sync, reconcile) and the
-//!   `X-Context` token. Pure.
-//! - [`membership`]: the member table and status rules. Pure.
-//! - [`storage`]: sled, one tree per partition, the record codec, group commit.
-//! - [`coordinator`]: turns client requests into replica operations; quorum
-//!   arithmetic in [`coordinator::quorum`].
-//! - [`reaper`]: background purge of expired values and old tombstones.
-//! - [`api`]: axum router, handlers, JSON errors.
 //! - [`metrics`]: every Prometheus metric.
-//! - [`node`]: wiring, background loops, graceful shutdown.
+//! - [`ring`]: xxh3 key hashing, Q fixed partitions, vnode tokens, preference
+//!   lists.
+//! - [`version`]: dotted version vectors (update, sync, reconcile) and the
+//!   `X-Context` token.
+//! - [`membership`]: the member table and its status rules.
 //!
-//! Dependencies point one way: `api -> coordinator -> {ring, storage,
-//! version}`; the pure modules import no axum, sled or tokio.
+//! State and seams:
+//! - [`storage`]: sled, one tree per partition, the record codec, group
+//!   commit, the one change path partition trees go through.
+//! - [`transport`]: the seam to peers (a trait, typed errors, wire messages,
+//!   per-peer batching, the HTTP implementation).
+//! - [`cluster`]: the membership table, the rings and N published together
+//!   as one immutable view.
+//! - [`worker`]: the background worker abstraction and its runner.
+//! - [`node`]: a node's shared state; starts nothing.
+//!
+//! Behaviour:
+//! - [`replica`]: read, write and purge sets of a partition; a replica's copy
+//!   of a key, local or remote.
+//! - [`coordinator`]: client reads and writes (quorum tally in
+//!   [`coordinator::quorum`]), sloppy quorum, read repair.
+//! - [`rpc`]: what a node answers its peers, independent of HTTP.
+//! - [`gossip`], [`handoff`], [`reaper`]: background workers (membership,
+//!   hinted handoff and leave, expiry and tombstone purge).
+//! - [`harness`]: an in-memory network of real nodes for tests and
+//!   simulations.
+//!
+//! Edge and wiring:
+//! - [`api`]: axum router, handlers, JSON errors.
+//! - [`server`]: wiring: router, workers, serving, shutdown.
+//!
+//! Dependencies point one way, from the edge down to the leaves; a test
+//! (`tests/it/architecture.rs`) fails on any cycle between these modules.
 
 pub mod api;
+pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod coordinator;
+pub mod gossip;
 pub mod handoff;
+pub mod harness;
 pub mod membership;
 pub mod metrics;
 pub mod node;
-pub mod peer;
 pub mod reaper;
+pub mod replica;
 pub mod ring;
+pub mod rpc;
+pub mod server;
 pub mod storage;
+pub mod transport;
 pub mod version;
+pub mod worker;

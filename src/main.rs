@@ -1,11 +1,10 @@
-//! The `dynakv` binary: parse flags, set up logging, open the node, serve
-//! until SIGTERM or Ctrl-C.
+//! The `dynakv` binary: parse flags, set up logging, serve until SIGTERM or
+//! Ctrl-C (or a leave).
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use dynakv::config::{Config, LogFormat};
-use dynakv::node::{self, Node, StartError};
+use dynakv::server;
 
 // Request handling allocates many small, short-lived buffers; glibc malloc
 // spent a fifth of the CPU in a profile (bench/RESULTS.md).
@@ -14,20 +13,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    let cfg = Config::parse();
+    let cfg = Config::load();
     init_logging(cfg.log_format);
-    if let Err(e) = start(cfg).await {
+    if let Err(e) = server::start(cfg, server::shutdown_signal()).await {
         eprintln!("dynakv: error: {e}");
         std::process::exit(1);
     }
-}
-
-async fn start(cfg: Config) -> Result<(), StartError> {
-    let listen = cfg.listen;
-    let node = Node::open(cfg)?;
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
-    node::run(node, listener, node::shutdown_signal()).await
 }
 
 fn init_logging(format: LogFormat) {

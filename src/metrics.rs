@@ -39,6 +39,9 @@ pub struct Metrics {
     pub hints_delivered: IntCounter,
     /// `dynakv_hints_pending`: hints waiting for their owner.
     pub hints_pending: IntGauge,
+    /// `dynakv_corrupt_records_total`: stored records that did not decode
+    /// when read in bulk (hand-offs); logged, never silently skipped.
+    pub corrupt_records: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -108,6 +111,7 @@ impl Metrics {
             hints_stored: counter(&r, "dynakv_hints_stored_total", "Hints stored as a stand-in"),
             hints_delivered: counter(&r, "dynakv_hints_delivered_total", "Hints delivered to their owner"),
             hints_pending: gauge(&r, "dynakv_hints_pending", "Hints waiting for their owner"),
+            corrupt_records: counter(&r, "dynakv_corrupt_records_total", "Stored records that did not decode"),
             registry: r,
         }
     }

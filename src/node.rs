@@ -1,81 +1,73 @@
-//! Wiring: one [`Node`] holds the configuration, storage, membership and the
-//! current ring; [`run`] serves the API on a bound listener and runs the
-//! background loops until the shutdown future resolves.
+//! A node's shared state: configuration, storage, the cluster view, the
+//! transport to its peers, metrics, and the trackers of everything it runs
+//! in the background. One `Arc<Node>` is the axum `State` and is handed to
+//! every worker.
 //!
-//! Shutdown (SIGTERM, Ctrl-C, or the future in tests): stop accepting, let
-//! in-flight requests finish (bounded by [`DRAIN_TIMEOUT`]), cancel the loops,
-//! wait for them, then flush sled, so a graceful stop never loses an
-//! acknowledged write whatever `--sync-writes` says.
+//! `Node` holds state and small operations on it; it starts nothing. The
+//! wiring (router, workers, serving, shutdown) is `crate::server`. Every
+//! task a node spawns, from workers to replication tails, read repairs and
+//! gossip exchanges, goes through [`Node::spawn`] into one `TaskTracker`, so
+//! a shutdown can wait for all of them with a deadline.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::net::TcpListener;
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{ClusterView, Membership};
 use crate::config::Config;
-use crate::membership::{Digest, Status, Table, Timeouts};
+use crate::membership::{Digest, Table, Timeouts};
 use crate::metrics::Metrics;
-use crate::peer::Peers;
-use crate::ring::Ring;
+use crate::ring::RingParams;
 use crate::storage::{Storage, StorageError, StorageOptions};
-
-/// How long a graceful shutdown waits for in-flight requests.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::transport::batch::Batcher;
+use crate::transport::wire::{BatchReply, GossipMessage};
+use crate::transport::{Route, Target, Transport, TransportError};
+use crate::worker::{self, Worker};
 
 /// Heartbeats are reserved on disk this many at a time, so a restart (even
 /// after SIGKILL) starts above any heartbeat already gossiped.
 const HEARTBEAT_RESERVE: u64 = 1000;
 
-/// A node's shared state: the axum `State`.
-pub struct Node {
-    /// Validated configuration.
-    pub cfg: Config,
-    /// This node's id (from the flag or the data dir).
-    pub id: String,
-    /// Base URL peers use for this node.
-    pub address: String,
-    /// The sled database.
-    pub storage: Arc<Storage>,
-    /// Metrics registry.
-    pub metrics: Metrics,
-    /// Membership table. A std mutex: held only for short sections, never
-    /// across an `.await`.
-    pub members: Mutex<Table>,
-    /// Members that have not left, kept by [`Node::publish_members`] so the
-    /// request path reads a number instead of locking the table.
-    not_left: AtomicUsize,
-    /// Cancelled by `POST /cluster/leave`: the node hands off and stops.
-    pub leave: CancellationToken,
-    /// The pooled client for node-to-node calls.
-    pub peers: Peers,
-    ring: watch::Sender<Arc<Ring>>,
-}
-
-/// A failure to start.
+/// Why a node could not open.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum OpenError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// The data dir could not be used.
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
-    /// Serving failed.
-    #[error("server error: {0}")]
-    Serve(std::io::Error),
+}
+
+/// A node's shared state.
+pub struct Node {
+    cfg: Config,
+    id: String,
+    address: String,
+    storage: Arc<Storage>,
+    metrics: Metrics,
+    membership: Membership,
+    transport: Arc<dyn Transport>,
+    batcher: Batcher,
+    /// Every background task: workers, replication tails, read repairs,
+    /// gossip exchanges.
+    tasks: TaskTracker,
+    /// Cancelled at shutdown: background work stops.
+    stop: CancellationToken,
+    /// Cancelled by `POST /cluster/leave`: the node hands off and stops.
+    leave: CancellationToken,
+    workers: worker::Registry,
 }
 
 impl Node {
-    /// Validates `cfg`, opens the data dir and builds the node's state.
-    pub fn open(cfg: Config) -> Result<Arc<Self>, StartError> {
+    /// Validates `cfg`, opens the data dir and builds the node's state;
+    /// peers are reached through `transport`.
+    pub fn open(cfg: Config, transport: Arc<dyn Transport>) -> Result<Arc<Self>, OpenError> {
         cfg.validate()?;
         let storage = Storage::open(
             &cfg.data_dir,
@@ -94,29 +86,129 @@ impl Node {
         let mut table = Table::new(&id, &address, start, SystemTime::now());
         // Start from the ring last known (SPEC §4): never act alone just
         // because gossip has not been heard yet.
-        table.restore(&storage.members()?, SystemTime::now());
-        let ring = Ring::new(&table.ring_members(), cfg.partitions, cfg.vnodes, cfg.replicas);
-        let (ring, _) = watch::channel(Arc::new(ring));
-        let peers = Peers::new(Duration::from_millis(cfg.request_timeout_ms), cfg.cluster_secret.clone());
+        let remembered: Vec<Digest> =
+            storage.members()?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        table.restore(&remembered, SystemTime::now());
+        let params = RingParams { partitions: cfg.partitions, vnodes: cfg.vnodes, replicas: cfg.replicas };
+        let timeout = Duration::from_millis(cfg.request_timeout_ms);
         let node = Self {
-            cfg,
+            batcher: Batcher::new(transport.clone(), timeout),
+            transport,
             id,
             address,
             storage,
             metrics: Metrics::new(),
-            members: Mutex::new(table),
-            not_left: AtomicUsize::new(1),
+            membership: Membership::new(table, params),
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
             leave: CancellationToken::new(),
-            peers,
-            ring,
+            workers: worker::Registry::default(),
+            cfg,
         };
-        node.publish_members();
+        node.update_members(|_| false);
         Ok(Arc::new(node))
     }
 
-    /// The current ring (an immutable snapshot).
-    pub fn ring(&self) -> Arc<Ring> {
-        self.ring.borrow().clone()
+    /// The validated configuration.
+    pub fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// This node's id (from the flag or the data dir).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The base URL peers use for this node.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The sled database.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The current cluster view: one snapshot per request.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.membership.view()
+    }
+
+    /// A receiver of every cluster view published from now on.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.membership.subscribe()
+    }
+
+    /// The per-call timeout of node-to-node requests.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.request_timeout_ms)
+    }
+
+    /// The transport to peers.
+    pub fn transport(&self) -> &dyn Transport {
+        self.transport.as_ref()
+    }
+
+    /// One replica operation for `to`, batched with others to that peer.
+    pub async fn batch(&self, to: Target<'_>, op: Bytes) -> Result<BatchReply, TransportError> {
+        self.batcher.call(to, op).await
+    }
+
+    /// One unbatched internal call, bounded by the request timeout.
+    pub async fn call(&self, to: Target<'_>, route: Route, body: Bytes) -> Result<Bytes, TransportError> {
+        self.transport.call(to, route, body, self.timeout()).await
+    }
+
+    /// Runs `fut` in the background, tracked: shutdown waits for it.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(fut);
+    }
+
+    /// Starts a background worker under this node's tracker; it stops at
+    /// shutdown.
+    pub fn spawn_worker<W: Worker>(&self, w: W) {
+        worker::spawn(w, &self.tasks, self.stop.child_token(), self.workers.clone());
+    }
+
+    /// Every worker's status.
+    pub fn workers(&self) -> &worker::Registry {
+        &self.workers
+    }
+
+    /// Cancelled once background work must stop.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Stops background work and waits up to `deadline` for every tracked
+    /// task; returns whether all finished.
+    pub async fn stop_tasks(&self, deadline: Duration) -> bool {
+        self.stop.cancel();
+        self.tasks.close();
+        tokio::time::timeout(deadline, self.tasks.wait()).await.is_ok()
+    }
+
+    /// Closes the peer queues (last, after a leave hand-off used them).
+    pub async fn close_transport(&self, deadline: Duration) {
+        self.batcher.shutdown(deadline).await;
+    }
+
+    /// Asks the node to leave the cluster (`POST /cluster/leave`).
+    pub fn request_leave(&self) {
+        self.leave.cancel();
+    }
+
+    /// Cancelled once a leave was requested.
+    pub fn leave_requested(&self) -> &CancellationToken {
+        &self.leave
     }
 
     /// The membership timeouts from the configuration.
@@ -127,18 +219,39 @@ impl Node {
         }
     }
 
+    /// Changes the member table through the one publishing path, updates the
+    /// member gauges, and persists the table when `f` says the members
+    /// changed.
+    fn update_members(&self, f: impl FnOnce(&mut Table) -> bool) -> Arc<ClusterView> {
+        let (changed, view) = self.membership.update(f);
+        let mut counts = [0i64; 4];
+        for m in view.members() {
+            counts[m.status as usize] += 1;
+        }
+        for (status, n) in ["alive", "suspect", "dead", "left"].iter().zip(counts) {
+            self.metrics.members.with_label_values(&[status]).set(n);
+        }
+        if changed {
+            let json = serde_json::to_vec(&view.table().digests()).expect("digests serialize");
+            if let Err(e) = self.storage.save_members(&json) {
+                tracing::warn!(error = %e, "membership not persisted");
+            }
+        }
+        view
+    }
+
     /// One heartbeat: bump our counter, re-derive statuses, reserve more
     /// heartbeats on disk when needed.
     pub fn heartbeat(&self) -> Result<(), StorageError> {
-        let (hb, changed) = {
-            let mut t = self.members.lock().expect("members lock");
-            let changed = t.refresh(SystemTime::now(), self.timeouts());
-            (t.bump(SystemTime::now()), changed)
-        };
+        let timeouts = self.timeouts();
+        let view = self.update_members(|t| {
+            let now = SystemTime::now();
+            t.refresh(now, timeouts);
+            t.bump(now);
+            false
+        });
+        let hb = view.table().heartbeat();
         self.metrics.heartbeat.set(hb as i64);
-        if changed {
-            self.publish_members();
-        }
         if hb >= self.storage.heartbeat_reserved()? {
             self.storage.reserve_heartbeat(hb.saturating_add(HEARTBEAT_RESERVE))?;
         }
@@ -147,146 +260,19 @@ impl Node {
 
     /// Applies digests heard by gossip.
     pub fn apply_gossip(&self, digests: &[Digest]) {
-        let changed = self.members.lock().expect("members lock").merge(digests, SystemTime::now());
-        if changed {
-            self.publish_members();
-            let digests = self.members.lock().expect("members lock").digests();
-            if let Err(e) = self.storage.save_members(&digests) {
-                tracing::warn!(error = %e, "membership not persisted");
-            }
-        }
+        self.update_members(|t| t.merge(digests, SystemTime::now()));
     }
 
-    /// Rebuilds the ring if its member set changed, and updates the member
-    /// gauges.
-    pub fn publish_members(&self) {
-        // Under the table lock, so two concurrent callers cannot publish an
-        // older member set after a newer one.
-        let t = self.members.lock().expect("members lock");
-        let mut counts = [0i64; 4];
-        for m in t.members() {
-            counts[m.status as usize] += 1;
-        }
-        for (status, n) in ["alive", "suspect", "dead", "left"].iter().zip(counts) {
-            self.metrics.members.with_label_values(&[status]).set(n);
-        }
-        self.not_left.store(t.not_left_count(), Ordering::SeqCst);
-        let ring_members = t.ring_members();
-        if self.ring.borrow().nodes() != ring_members.as_slice() {
-            let ring = Ring::new(&ring_members, self.cfg.partitions, self.cfg.vnodes, self.cfg.replicas);
-            tracing::info!(members = ?ring_members, "ring changed");
-            self.ring.send_replace(Arc::new(ring));
-        }
+    /// Marks this node as left (the end of a leave hand-off).
+    pub fn mark_left(&self) {
+        self.update_members(|t| {
+            t.leave(SystemTime::now());
+            true
+        });
     }
 
-    /// N for quorum arithmetic: `--replicas` capped by the members that have
-    /// not left. Dead members still count (SPEC §2: N, R and W are never
-    /// lowered because members are down); the ring, which places data, holds
-    /// only alive and suspect ones, and stand-ins make up the difference.
-    pub fn quorum_n(&self) -> usize {
-        (self.cfg.replicas as usize).min(self.not_left.load(Ordering::SeqCst)).max(1)
-    }
-
-    /// Base URL and status of member `id`.
-    pub fn member(&self, id: &str) -> Option<(String, Status)> {
-        self.members.lock().expect("members lock").get(id).map(|m| (m.address.clone(), m.status))
-    }
-
-    /// The ring over every member that has not left, dead ones included:
-    /// whose replicas must all hold a tombstone before it is purged.
-    pub fn ring_not_left(&self) -> Ring {
-        let ids = self.members.lock().expect("members lock").not_left();
-        Ring::new(&ids, self.cfg.partitions, self.cfg.vnodes, self.cfg.replicas)
-    }
-}
-
-/// Serves `node` on `listener` until `shutdown` resolves, then drains and
-/// flushes.
-pub async fn run(
-    node: Arc<Node>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    spawn_loops(&node, &cancel, &tasks);
-
-    let app = crate::api::router(node.clone());
-    let stop = CancellationToken::new();
-    let stop_serving = stop.clone();
-    let leave = node.leave.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = shutdown => {},
-            _ = leave.cancelled() => {},
-        }
-        stop_serving.cancel();
-    });
-    let graceful = stop.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
-    tracing::info!(node_id = %node.id, address = %node.address, "dynakv serving");
-    let served = tokio::spawn(async move { server.await });
-    stop.cancelled().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    match tokio::time::timeout(DRAIN_TIMEOUT, served).await {
-        Ok(Ok(Err(e))) => return Err(StartError::Serve(e)),
-        Ok(_) => {}
-        Err(_) => tracing::warn!("in-flight requests still running after {DRAIN_TIMEOUT:?}; closing anyway"),
-    }
-    cancel.cancel();
-    tasks.close();
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await;
-    // After the loops stopped, so no heartbeat revives us as alive.
-    if node.leave.is_cancelled() {
-        crate::handoff::leave(&node).await;
-    }
-    node.storage.flush().await?;
-    tracing::info!("stopped; data flushed");
-    Ok(())
-}
-
-/// Starts the background loops, each with a child token and a tracker slot.
-fn spawn_loops(node: &Arc<Node>, cancel: &CancellationToken, tasks: &TaskTracker) {
-    let n = node.clone();
-    let c = cancel.child_token();
-    tasks.spawn(async move { crate::membership::gossip::run(n, c).await });
-    let n = node.clone();
-    let c = cancel.child_token();
-    tasks.spawn(async move { crate::handoff::run(n, c).await });
-    let n = node.clone();
-    let c = cancel.child_token();
-    tasks.spawn(async move { crate::reaper::run(n, c).await });
-}
-
-/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
-/// called, not when the future is first polled, so a signal that arrives
-/// while the server starts is not lost to the default action.
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).ok();
-        let mut int = signal(SignalKind::interrupt()).ok();
-        async move {
-            tokio::select! {
-                _ = recv(term.as_mut()) => {},
-                _ = recv(int.as_mut()) => {},
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Waits for one delivery of a signal (forever if it could not be installed).
-#[cfg(unix)]
-async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
-    match signal {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending::<()>().await,
+    /// What this node sends in a gossip exchange.
+    pub fn gossip_message(&self) -> GossipMessage {
+        GossipMessage { from: self.id.clone(), partitions: self.cfg.partitions, members: self.view().table().digests() }
     }
 }

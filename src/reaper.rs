@@ -1,4 +1,4 @@
-//! Background purge of expired values and old tombstones.
+//! Background purge of expired values and old tombstones: two workers.
 //!
 //! Driven by the storage's time-ordered indexes, so a round touches only keys
 //! that are due, never a full scan. Every removal is a compare-and-swap on the
@@ -7,73 +7,112 @@
 //!
 //! A tombstone is purged only when every version of its key is a tombstone
 //! (or expired) past `--tombstone-grace-ms` and every replica of its key holds
-//! it (SPEC §3): the preference list over every member that has not left,
-//! dead ones included, so an unreachable replica postpones the purge (the
-//! index entry is deferred and retried) and can never bring the key back.
-//! The key's first replica decides: once every other replica answered holding
-//! the same versions, it tells each to drop exactly those versions, then
-//! drops its own copy. The other replicas only wait, so a replica that already
-//! purged is never mistaken for one that missed the delete.
+//! it (SPEC §3): the purge set (the preference list over every member that
+//! has not left, dead ones included), so an unreachable replica postpones the
+//! purge (the index entry is deferred and retried) and can never bring the
+//! key back. The key's first replica decides: once every other replica
+//! answered holding the same versions, it tells each to drop exactly those
+//! versions, then drops its own copy. The other replicas only wait, so a
+//! replica that already purged is never mistaken for one that missed the
+//! delete.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use crate::coordinator::now_ms;
+use crate::clock::now_ms;
+use crate::cluster::ClusterView;
 use crate::node::Node;
-use crate::ring::Ring;
-use crate::storage::{Record, StorageError};
+use crate::replica;
+use crate::storage::{purgeable, Record, StorageError};
 use crate::version::Dot;
+use crate::worker::{self, State, WorkError, Worker};
 
 /// Pause between rounds.
 pub const INTERVAL: Duration = Duration::from_millis(250);
 /// Index entries handled per round and kind.
 const BATCH: usize = 1000;
 
-/// Runs rounds until cancelled.
-pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {
-                if let Err(e) = round(&node, now_ms()).await {
-                    tracing::warn!(error = %e, "reaper round failed");
-                }
-            }
-        }
+/// Removes records whose every version expired.
+pub struct Expiry {
+    node: Arc<Node>,
+    tick: tokio::time::Interval,
+}
+
+impl Expiry {
+    /// A worker for `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node, tick: worker::ticker(INTERVAL) }
     }
 }
 
-/// One round at `now`: returns (expired values purged, tombstones purged).
-pub async fn round(node: &Node, now: u64) -> Result<(u64, u64), StorageError> {
-    let storage = &node.storage;
-    let mut expired = 0;
-    for due in storage.due(false, now, BATCH)? {
-        // Only whole records go: a record keeping a live version keeps its
-        // expired ones too (the next write supersedes them), so this node
-        // still holds every dot it issued (see `coordinator::new_version`).
-        let removed = storage.update(due.partition, &due.key, |cur| match cur {
-            Some(rec) if rec.values().iter().all(|v| v.payload.expired(now)) => {
-                let n = rec.len() as u64;
-                Ok::<_, ()>((None, n))
-            }
-            other => Ok((other, 0)),
-        })?;
-        expired += removed.map(|(n, _)| n).unwrap_or(0);
-        storage.done(false, &due)?;
+impl Worker for Expiry {
+    fn name(&self) -> &'static str {
+        "expiry"
     }
-    node.metrics.expired_purged.inc_by(expired);
 
-    let grace = node.cfg.tombstone_grace_ms;
+    async fn work(&mut self) -> Result<State, WorkError> {
+        let (_, handled) = expire_round(&self.node, now_ms())?;
+        Ok(if handled == BATCH { State::Busy } else { State::Idle })
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.tick.tick().await;
+    }
+}
+
+/// Purges tombstones every replica holds, past their grace period.
+pub struct Tombstones {
+    node: Arc<Node>,
+    tick: tokio::time::Interval,
+}
+
+impl Tombstones {
+    /// A worker for `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node, tick: worker::ticker(INTERVAL) }
+    }
+}
+
+impl Worker for Tombstones {
+    fn name(&self) -> &'static str {
+        "tombstone-purge"
+    }
+
+    async fn work(&mut self) -> Result<State, WorkError> {
+        tombstone_round(&self.node, now_ms()).await?;
+        Ok(State::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.tick.tick().await;
+    }
+}
+
+/// One expiry round at `now`: returns (versions purged, index entries handled).
+pub fn expire_round(node: &Node, now: u64) -> Result<(u64, usize), StorageError> {
+    let storage = node.storage();
+    let due = storage.due(false, now, BATCH)?;
+    let mut expired = 0;
+    for d in &due {
+        expired += storage.expire(d.partition, &d.key, now)?;
+        storage.done(false, d)?;
+    }
+    node.metrics().expired_purged.inc_by(expired);
+    Ok((expired, due.len()))
+}
+
+/// One tombstone round at `now`: returns the tombstones purged.
+pub async fn tombstone_round(node: &Node, now: u64) -> Result<u64, StorageError> {
+    let storage = node.storage();
+    let grace = node.cfg().tombstone_grace_ms;
     let retry = now + grace.clamp(250, 5_000);
     let due = storage.due(true, now, BATCH)?;
-    let ring = if due.is_empty() { None } else { Some(node.ring_not_left()) };
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let view = node.view();
     let mut purged = 0;
     for due in due {
-        let ring = ring.as_ref().expect("built when anything is due");
         let Some(local) = storage.get(due.partition, &due.key)? else {
             storage.done(true, &due)?;
             continue;
@@ -83,62 +122,45 @@ pub async fn round(node: &Node, now: u64) -> Result<(u64, u64), StorageError> {
             storage.done(true, &due)?;
             continue;
         }
-        let pref = ring.preference_list(due.partition);
-        if pref.first() != Some(&node.id.as_str()) {
+        let set = replica::purge_set(&view, due.partition);
+        if set.first().map(String::as_str) != Some(node.id()) {
             // The first replica decides (and may be us later, if it leaves).
             storage.defer(true, &due, retry)?;
             continue;
         }
-        if !every_replica_holds(node, ring, due.partition, &due.key, &local).await {
+        if !every_replica_holds(node, &view, &set, due.partition, &due.key, &local).await {
             storage.defer(true, &due, retry)?;
             continue;
         }
         let dots: Vec<Dot> = local.values().iter().map(|v| v.dot.clone()).collect();
-        for id in pref.iter().filter(|id| **id != node.id) {
-            if let Some((addr, _)) = node.member(id) {
-                if let Err(e) = node.peers.purge(&addr, &due.key, &dots).await {
-                    tracing::debug!(peer = %id, error = %e, "purge not applied there; it keeps the tombstone");
-                }
+        for id in set.iter().filter(|id| *id != node.id()) {
+            match replica::purge(node, &view, id, due.partition, &due.key, &dots).await {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(peer = %id, "purge not applied there (changed since); it keeps its copy"),
+                Err(e) => tracing::debug!(peer = %id, error = %e, "purge not applied there; it keeps the tombstone"),
             }
         }
-        if purge_if(node, &due.key, &dots)? {
+        if storage.purge_if(due.partition, &due.key, &dots, now_ms(), 0)? {
             purged += 1;
         }
         storage.done(true, &due)?;
     }
-    node.metrics.tombstones_purged.inc_by(purged);
-    Ok((expired, purged))
+    node.metrics().tombstones_purged.inc_by(purged);
+    Ok(purged)
 }
 
-/// Drops `key` if this node holds exactly the versions `dots` and they are
-/// all tombstones or expired values; returns whether it did.
-pub fn purge_if(node: &Node, key: &[u8], dots: &[Dot]) -> Result<bool, StorageError> {
-    let partition = node.ring().partition_of(key);
-    let now = now_ms();
-    let out = node.storage.update(partition, key, |cur| match cur {
-        // The first replica checked the grace period; here only that
-        // nothing live came in since.
-        Some(rec)
-            if rec.len() == dots.len()
-                && rec.values().iter().all(|v| dots.contains(&v.dot))
-                && purgeable(&rec, now, 0) =>
-        {
-            Ok::<_, ()>((None, true))
-        }
-        other => Ok((other, false)),
-    })?;
-    Ok(out.map(|(gone, _)| gone).unwrap_or(false))
-}
-
-/// Whether every other replica of the key (in `ring`) answers holding exactly
-/// `local`'s versions.
-async fn every_replica_holds(node: &Node, ring: &Ring, partition: u32, key: &[u8], local: &Record) -> bool {
-    for id in ring.preference_list(partition) {
-        if id == node.id {
-            continue;
-        }
-        let Some((addr, _)) = node.member(id) else { return false };
-        match node.peers.read(&addr, key).await {
+/// Whether every other replica in `set` answers holding exactly `local`'s
+/// versions.
+async fn every_replica_holds(
+    node: &Node,
+    view: &ClusterView,
+    set: &[String],
+    partition: u32,
+    key: &[u8],
+    local: &Record,
+) -> bool {
+    for id in set.iter().filter(|id| *id != node.id()) {
+        match replica::read(node, view, id, partition, key).await {
             Ok(Some(theirs)) => {
                 let same = theirs.len() == local.len()
                     && local.values().iter().all(|v| theirs.values().iter().any(|t| t.dot == v.dot));
@@ -150,12 +172,4 @@ async fn every_replica_holds(node: &Node, ring: &Ring, partition: u32, key: &[u8
         }
     }
     true
-}
-
-/// Whether a record holds nothing but tombstones past their grace period (or
-/// expired values).
-pub fn purgeable(rec: &Record, now: u64, grace_ms: u64) -> bool {
-    rec.values().iter().all(|v| {
-        v.payload.expired(now) || (v.payload.deleted && v.payload.timestamp_ms.saturating_add(grace_ms) <= now)
-    })
 }

@@ -12,23 +12,24 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract;
 use crate::node::Node;
+use crate::replica;
 use crate::ring::{partition_end, partition_start};
 use crate::storage::Record;
 
 /// `GET /health`.
 pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(json!({ "status": "ok", "node_id": node.id }))
+    Json(json!({ "status": "ok", "node_id": node.id() }))
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], node.metrics().render()).into_response()
 }
 
 /// `GET /cluster/members`.
 pub async fn members(State(node): State<Arc<Node>>) -> Json<Value> {
-    let table = node.members.lock().expect("members lock");
-    let members: Vec<Value> = table
+    let view = node.view();
+    let members: Vec<Value> = view
         .members()
         .map(|m| {
             json!({
@@ -40,12 +41,13 @@ pub async fn members(State(node): State<Arc<Node>>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "node_id": node.id, "members": members }))
+    Json(json!({ "node_id": node.id(), "members": members }))
 }
 
 /// `GET /cluster/ring`.
 pub async fn ring(State(node): State<Arc<Node>>) -> Json<Value> {
-    let ring = node.ring();
+    let view = node.view();
+    let ring = view.ring();
     let q = ring.partition_count();
     let partitions: Vec<Value> = (0..q)
         .map(|p| {
@@ -66,27 +68,17 @@ pub async fn replicas(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let key = extract::key(&node, path)?;
-    let ring = node.ring();
-    let partition = ring.partition_of(key.as_bytes());
-    let list = ring.preference_list(partition);
+    let view = node.view();
+    let partition = view.ring().partition_of(key.as_bytes());
+    let list = replica::read_set(&view, partition);
     let asks = list.iter().map(|id| {
-        let node = node.clone();
-        let key = key.clone();
-        let id = id.to_string();
+        let (node, view, key) = (node.clone(), view.clone(), key.clone());
         async move {
-            let stored = if id == node.id {
-                node.storage.get(partition, key.as_bytes()).ok()
-            } else {
-                match node.member(&id) {
-                    Some((addr, _)) => node.peers.read(&addr, key.as_bytes()).await.ok(),
-                    None => None,
-                }
-            };
-            match stored {
-                Some(record) => {
+            match replica::read(&node, &view, id, partition, key.as_bytes()).await {
+                Ok(record) => {
                     json!({ "node": id, "reachable": true, "versions": versions_json(&record.unwrap_or_default()) })
                 }
-                None => json!({ "node": id, "reachable": false, "versions": [] }),
+                Err(_) => json!({ "node": id, "reachable": false, "versions": [] }),
             }
         }
     });
@@ -115,6 +107,6 @@ pub fn versions_json(record: &Record) -> Vec<Value> {
 /// `POST /cluster/leave`: 202, then hand off and exit 0.
 pub async fn leave(State(node): State<Arc<Node>>) -> Response {
     tracing::info!("leave requested");
-    node.leave.cancel();
-    (StatusCode::ACCEPTED, Json(json!({ "status": "leaving", "node_id": node.id }))).into_response()
+    node.request_leave();
+    (StatusCode::ACCEPTED, Json(json!({ "status": "leaving", "node_id": node.id() }))).into_response()
 }

@@ -7,6 +7,8 @@ use axum::Json;
 use serde_json::json;
 
 use crate::coordinator::CoordError;
+use crate::rpc::RpcError;
+use crate::storage::StorageError;
 use crate::version::token;
 
 /// An error answered to a client.
@@ -57,9 +59,35 @@ pub enum ApiError {
     /// This stand-in keeps no more hints.
     #[error("hint backlog full")]
     HintBacklogFull,
+    /// A request relayed to a replica got no answer after it may have been
+    /// applied there; it is not retried elsewhere.
+    #[error("the request was relayed to replica {peer}, which did not answer ({reason}); the write may have been applied there and spreads from there if so")]
+    ForwardFailed { peer: String, needed: usize, reason: String },
     /// Coordinator refused or failed.
     #[error(transparent)]
-    Coord(#[from] CoordError),
+    Coord(CoordError),
+    /// This node's storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<CoordError> for ApiError {
+    fn from(e: CoordError) -> Self {
+        match e {
+            CoordError::Storage(s) => ApiError::Storage(s),
+            other => ApiError::Coord(other),
+        }
+    }
+}
+
+impl From<RpcError> for ApiError {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::InvalidBody(msg) => ApiError::InvalidBody(msg),
+            RpcError::HintBacklogFull => ApiError::HintBacklogFull,
+            RpcError::Storage(s) => ApiError::Storage(s),
+        }
+    }
 }
 
 impl ApiError {
@@ -83,7 +111,12 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Coord(CoordError::TooManySiblings { .. }) => (StatusCode::CONFLICT, "too_many_siblings"),
             ApiError::Coord(CoordError::QuorumNotMet { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met"),
-            ApiError::Coord(CoordError::Storage(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            // The client's situation is a quorum failure's: maybe stored, retry
+            // with the context (SPEC §4, "Failures are 503").
+            ApiError::ForwardFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met"),
+            ApiError::Coord(CoordError::Storage(_)) | ApiError::Storage(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")
+            }
         }
     }
 }
@@ -103,7 +136,11 @@ impl IntoResponse for ApiError {
                 body["limit"] = json!(limit);
                 body["would_keep"] = json!(would);
             }
-            ApiError::Coord(CoordError::Storage(e)) => {
+            ApiError::ForwardFailed { needed, .. } => {
+                // How many replicas acked is not known here: no count is made up.
+                body["needed"] = json!(needed);
+            }
+            ApiError::Coord(CoordError::Storage(e)) | ApiError::Storage(e) => {
                 // Details go to the log, not to the client.
                 tracing::error!(error = %e, "storage failure");
                 body["error"] = json!("internal storage error");

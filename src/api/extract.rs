@@ -1,12 +1,16 @@
-//! Request parsing shared by the handlers: the key, `r`/`w`/`ttl`, the
-//! `X-Context` token and `Content-Type`. Each failure is an [`ApiError`] with
-//! its own code, never an axum default rejection.
+//! Request parsing: [`KvRequest`], the one extractor of everything a
+//! `/kv/{key}` request says besides its body (the key, `r`/`w`, `ttl`,
+//! `X-Context`, `Content-Type`, `Accept`), and the helpers it and the other
+//! handlers use. Each failure is an [`ApiError`] with its own code, never an
+//! axum default rejection.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, OriginalUri, Path, Query};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use bytes::Bytes;
 
 use super::error::ApiError;
@@ -19,14 +23,66 @@ use crate::version::{token, Context};
 /// `openapi.yaml` states it.
 pub const MAX_TTL_SECS: u64 = 9_999_999_999;
 
+/// A validated `/kv/{key}` request. What is checked depends on the method,
+/// in this order: the key, the query, `r` (GET) or `w` (PUT, DELETE), then for
+/// writes `ttl` and `X-Context`, then for PUT `Content-Type`. A GET's
+/// `X-Context` and `ttl` are ignored, as they mean nothing to a read.
+#[derive(Debug, Clone)]
+pub struct KvRequest {
+    /// The percent-decoded key.
+    pub key: String,
+    /// `r` for a GET, `w` for a write, or the configured default.
+    pub level: Level,
+    /// `ttl` in seconds (writes).
+    pub ttl: Option<u64>,
+    /// The causal context (writes; `None` for a blind write).
+    pub context: Option<Context>,
+    /// The `Content-Type` to store (PUT).
+    pub content_type: String,
+    /// Whether the client asked for the JSON shape even for one version.
+    pub wants_json: bool,
+    /// The method.
+    pub method: Method,
+    /// The URI as the client sent it (for forwarding).
+    pub uri: Uri,
+    /// The request headers (for forwarding).
+    pub headers: HeaderMap,
+}
+
+impl FromRequestParts<Arc<Node>> for KvRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let path = Path::<String>::from_request_parts(parts, node).await;
+        let key = key(node, path)?;
+        let q = query(Query::<HashMap<String, String>>::from_request_parts(parts, node).await)?;
+        let writes = parts.method != Method::GET;
+        let level = level(node, &q, writes)?;
+        let (ttl, context) = if writes { (ttl(&q)?, context(&parts.headers)?) } else { (None, None) };
+        let content_type = if parts.method == Method::PUT { content_type(&parts.headers)? } else { String::new() };
+        let uri = parts.extensions.get::<OriginalUri>().map(|o| o.0.clone()).unwrap_or_else(|| parts.uri.clone());
+        Ok(Self {
+            key,
+            level,
+            ttl,
+            context,
+            content_type,
+            wants_json: wants_json(&parts.headers),
+            method: parts.method.clone(),
+            uri,
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
 /// The percent-decoded key, checked against `--max-key-bytes`.
 pub fn key(node: &Node, path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(key) = path.map_err(|e| ApiError::InvalidKey(format!("key is not valid percent-encoded UTF-8: {e}")))?;
     if key.is_empty() {
         return Err(ApiError::InvalidKey("key must not be empty".into()));
     }
-    if key.len() as u64 > node.cfg.max_key_bytes {
-        return Err(ApiError::KeyTooLarge { len: key.len(), limit: node.cfg.max_key_bytes });
+    if key.len() as u64 > node.cfg().max_key_bytes {
+        return Err(ApiError::KeyTooLarge { len: key.len(), limit: node.cfg().max_key_bytes });
     }
     Ok(key)
 }
@@ -41,7 +97,7 @@ pub fn level(node: &Node, q: &HashMap<String, String>, writes: bool) -> Result<L
     let param = if writes { "w" } else { "r" };
     match q.get(param) {
         Some(v) => Ok(Level::parse(v, writes)?),
-        None => Ok(Level::Count(u64::from(if writes { node.cfg.write_quorum } else { node.cfg.read_quorum }))),
+        None => Ok(Level::Count(u64::from(if writes { node.cfg().write_quorum } else { node.cfg().read_quorum }))),
     }
 }
 
@@ -89,7 +145,7 @@ fn is_media_type(s: &str) -> bool {
 
 /// The request body, or 413 past `--max-value-bytes`.
 pub fn body(node: &Node, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    let limit = node.cfg.max_value_bytes;
+    let limit = node.cfg().max_value_bytes;
     match body {
         Ok(b) if b.len() as u64 > limit => Err(ApiError::ValueTooLarge { limit }),
         Ok(b) => Ok(b),

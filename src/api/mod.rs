@@ -25,6 +25,7 @@ use axum::Router;
 use tower_http::trace::TraceLayer;
 
 use crate::node::Node;
+use crate::transport::Route;
 use error::ApiError;
 
 /// The causal context header.
@@ -46,20 +47,17 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 pub fn router(node: Arc<Node>) -> Router {
     // Leave room above the value limit so an over-limit body is read far
     // enough to be answered with our own 413, and never buffered unbounded.
-    let body_limit = usize::try_from(node.cfg.max_value_bytes).unwrap_or(usize::MAX).saturating_add(1);
+    let cfg = node.cfg();
+    let body_limit = usize::try_from(cfg.max_value_bytes).unwrap_or(usize::MAX).saturating_add(1);
     // Replica bodies carry whole sibling sets: allow every sibling at full size.
-    let internal_limit = usize::try_from(
-        node.cfg.max_value_bytes.saturating_mul(u64::from(node.cfg.max_siblings) + 1).saturating_add(1 << 20),
-    )
-    .unwrap_or(usize::MAX)
-    .min(1 << 30);
+    let internal_limit =
+        usize::try_from(cfg.max_value_bytes.saturating_mul(u64::from(cfg.max_siblings) + 1).saturating_add(1 << 20))
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
     let internal = Router::new()
-        .route(
-            crate::peer::GOSSIP_PATH,
-            post(internal::gossip).layer(DefaultBodyLimit::max(internal::MAX_GOSSIP_BYTES)),
-        )
-        .route(crate::peer::BATCH_PATH, post(internal::batch))
-        .route(crate::peer::HINT_PATH, post(internal::hint))
+        .route(Route::Gossip.path(), post(internal::gossip).layer(DefaultBodyLimit::max(internal::MAX_GOSSIP_BYTES)))
+        .route(Route::Batch.path(), post(internal::batch))
+        .route(Route::Hint.path(), post(internal::hint))
         .layer(DefaultBodyLimit::max(internal_limit))
         .layer(middleware::from_fn_with_state(node.clone(), internal::require_secret));
     let public = Router::new()
@@ -109,6 +107,6 @@ async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Res
             resp.headers_mut().insert(header::ALLOW, allow);
         }
     }
-    node.metrics.observe_http(&route, method_label, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    node.metrics().observe_http(&route, method_label, resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
 }

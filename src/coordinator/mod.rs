@@ -22,17 +22,20 @@ pub mod quorum;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::membership::Status;
+use crate::clock::now_ms;
+use crate::cluster::ClusterView;
 use crate::node::Node;
+use crate::replica::{self, ReplicaError};
 use crate::storage::{Content, Record, StorageError};
+use crate::transport::wire;
 use crate::version::{next_dot, Context};
 
-pub use quorum::{Level, LevelError};
+pub use quorum::{Level, LevelError, Outcome, Tally};
 
 /// Why a coordinated operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,14 +73,10 @@ pub struct ReadResult {
     pub context: Context,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// Where a write for one preference-list node ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ack {
-    /// The node itself (or this coordinator) stored it.
+    /// The node itself stored it.
     Stored,
     /// A stand-in keeps it as a hint.
     Hinted,
@@ -88,14 +87,15 @@ enum Ack {
 /// Coordinates a client write; returns the new version's context (what the
 /// client gets back in `X-Context`).
 pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
-    let ring = node.ring();
-    let partition = ring.partition_of(&w.key);
-    let pref: Vec<String> = ring.preference_list(partition).into_iter().map(str::to_string).collect();
-    let needed = w.level.required(node.quorum_n());
-    let me_in_pref = pref.iter().any(|id| *id == node.id);
-    let floor = node.storage.dot_floor();
-    let limit = node.cfg.max_siblings as usize;
-    let me = node.id.as_str();
+    let view = node.view();
+    let partition = view.ring().partition_of(&w.key);
+    let set = replica::write_set(&view, partition);
+    let needed = w.level.required(view.quorum_n());
+    let me = node.id();
+    let me_in_pref = set.owners.iter().any(|id| id == me);
+    let storage = node.storage();
+    let floor = storage.dot_floor();
+    let limit = node.cfg().max_siblings as usize;
 
     let compute = |current: Option<Record>| {
         let current = current.unwrap_or_default();
@@ -105,90 +105,90 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
             return Err(CoordError::TooManySiblings { limit, would: next.len() });
         }
         // Durably above every issued counter before the dot is stored.
-        node.storage.issued(clock.max_of(me))?;
+        storage.issued(clock.max_of(me))?;
         Ok((Some(next), clock))
     };
     // Stored here even when this node is not a replica (it coordinates from
     // outside the preference list only when no replica took the forwarded
     // request): it keeps every dot it issues, which keeps dots unique (see
     // `new_version`). Such a copy counts as no ack; the replicas get hints.
-    let outcome = node.storage.update(partition, &w.key, compute)?;
-    let (clock, record) = match outcome {
+    let (clock, record) = match storage.update(partition, &w.key, compute)? {
         Ok((clock, stored)) => (clock, stored.unwrap_or_default()),
         Err(e) => {
             if matches!(e, CoordError::TooManySiblings { .. }) {
-                node.metrics.sibling_refusals.inc();
+                node.metrics().sibling_refusals.inc();
             }
             return Err(e);
         }
     };
-    node.storage.durable().await?;
+    storage.durable().await?;
 
-    let acked = replicate(node, partition, &pref, w.key, Arc::new(record), needed, me_in_pref).await;
+    let mut tally = Tally::new(needed, set.owners.len());
+    if me_in_pref {
+        tally.ok();
+    }
+    let acked = replicate(node, view, partition, set, w.key, Arc::new(record), tally).await;
     if acked >= needed {
         Ok(clock)
     } else {
-        node.metrics.quorum_failures.with_label_values(&["write"]).inc();
+        node.metrics().quorum_failures.with_label_values(&["write"]).inc();
         Err(CoordError::QuorumNotMet { needed, acked, context: Some(clock) })
     }
 }
 
-/// Sends `record` to every other node of `pref` (stand-ins for the ones that
-/// are suspect or do not answer) and returns once `needed` acks are in
-/// (counting this node when it is in `pref`) or no more can come.
+/// Sends `record` to every other owner in `set` (stand-ins for the ones that
+/// are not alive or do not answer) and returns the acks counted once the
+/// tally is decided or the deadline passed. Sends still under way carry on
+/// in the background.
 async fn replicate(
     node: &Arc<Node>,
+    view: Arc<ClusterView>,
     partition: u32,
-    pref: &[String],
+    set: replica::WriteSet,
     key: Vec<u8>,
     record: Arc<Record>,
-    needed: usize,
-    me_in_pref: bool,
+    mut tally: Tally,
 ) -> usize {
-    let mut acked = usize::from(me_in_pref);
-    let others: Vec<String> = pref.iter().filter(|id| **id != node.id).cloned().collect();
-    if others.is_empty() {
-        return acked;
+    let others: Vec<String> = set.owners.iter().filter(|id| *id != node.id()).cloned().collect();
+    if others.is_empty() || tally.outcome() != Outcome::Pending {
+        return tally.acked();
     }
-    // Stand-ins in ring order: healthy nodes past the preference list (this
-    // node too, when it coordinates from outside the list).
-    let ring = node.ring();
-    let standins: VecDeque<String> = ring
-        .walk(partition)
-        .skip(pref.len())
-        .filter(|id| *id == node.id || matches!(node.member(id), Some((_, Status::Alive))))
-        .map(str::to_string)
-        .collect();
-    let standins = Arc::new(Mutex::new(standins));
+    let standins = Arc::new(Mutex::new(set.standins));
     // One encoding for every replica.
-    let body = crate::peer::batch::write_op(&key, &record);
+    let body = wire::write_op(&key, &record);
     let key = Arc::new(key);
     let (tx, mut rx) = mpsc::channel(others.len());
     for owner in others {
-        let (node, tx, key, record, standins, body) =
-            (node.clone(), tx.clone(), key.clone(), record.clone(), standins.clone(), body.clone());
-        tokio::spawn(async move {
-            let ack = send_one(&node, partition, &owner, &key, &record, body, &standins).await;
+        let (n, tx, view, key, record, standins, body) =
+            (node.clone(), tx.clone(), view.clone(), key.clone(), record.clone(), standins.clone(), body.clone());
+        node.spawn(async move {
+            let ack = send_one(&n, &view, partition, &owner, &key, &record, body, &standins).await;
             let _ = tx.send(ack).await;
         });
     }
     drop(tx);
     // A direct attempt and one stand-in, each bounded by the request timeout.
-    let deadline = Instant::now() + node.peers.timeout() * 2 + Duration::from_millis(50);
-    while acked < needed {
+    let deadline = Instant::now() + node.timeout() * 2 + Duration::from_millis(50);
+    while tally.outcome() == Outcome::Pending {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(Ack::Stored | Ack::Hinted)) => acked += 1,
-            Ok(Some(Ack::Failed)) => {}
+            Ok(Some(Ack::Stored | Ack::Hinted)) => {
+                tally.ok();
+            }
+            Ok(Some(Ack::Failed)) => {
+                tally.fail();
+            }
             Ok(None) | Err(_) => break,
         }
     }
-    acked
+    tally.acked()
 }
 
 /// Delivers one replica's copy: directly when the owner is alive, else (or
 /// when it fails) as a hint on the next stand-in that accepts.
+#[allow(clippy::too_many_arguments)]
 async fn send_one(
     node: &Node,
+    view: &ClusterView,
     partition: u32,
     owner: &str,
     key: &[u8],
@@ -196,10 +196,10 @@ async fn send_one(
     body: bytes::Bytes,
     standins: &Mutex<VecDeque<String>>,
 ) -> Ack {
-    if let Some((addr, Status::Alive)) = node.member(owner) {
+    if view.is_alive(owner) {
         // Bounded as a whole, time queued behind other batches included, so
         // a stand-in still gets its turn before the coordinator's deadline.
-        match tokio::time::timeout(node.peers.timeout(), node.peers.write_encoded(&addr, body)).await {
+        match tokio::time::timeout(node.timeout(), replica::send_write(node, view, owner, body)).await {
             Ok(Ok(())) => return Ack::Stored,
             Ok(Err(e)) => tracing::debug!(peer = %owner, error = %e, "replica write failed; trying a stand-in"),
             Err(_) => tracing::debug!(peer = %owner, "replica write timed out; trying a stand-in"),
@@ -209,22 +209,14 @@ async fn send_one(
         let Some(standin) = standins.lock().expect("stand-in queue").pop_front() else {
             return Ack::Failed;
         };
-        if standin == node.id {
-            match node.storage.store_hint(owner, partition, key, record) {
-                Ok(true) => {
-                    node.metrics.hints_stored.inc();
-                    return Ack::Hinted;
+        match replica::hint(node, view, &standin, owner, partition, key, record).await {
+            Ok(()) => {
+                if standin == node.id() {
+                    node.metrics().hints_stored.inc();
                 }
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "storing a hint failed");
-                    continue;
-                }
+                return Ack::Hinted;
             }
-        }
-        let Some((addr, _)) = node.member(&standin) else { continue };
-        match node.peers.hint(&addr, owner, key, record).await {
-            Ok(()) => return Ack::Hinted,
+            Err(e @ ReplicaError::Storage(_)) => tracing::warn!(error = %e, "storing a hint failed"),
             Err(e) => tracing::debug!(standin = %standin, error = %e, "stand-in refused the hint"),
         }
     }
@@ -269,84 +261,91 @@ pub fn new_version(
     (next, clock)
 }
 
+/// A replica's answer to a read: its copy, or `None` when it did not answer.
+type Reply = (String, Option<Option<Record>>);
+
 /// Coordinates a client read at `level`.
 pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResult, CoordError> {
-    let ring = node.ring();
-    let partition = ring.partition_of(key);
-    let pref: Vec<String> = ring.preference_list(partition).into_iter().map(str::to_string).collect();
-    let needed = level.required(node.quorum_n());
+    let view = node.view();
+    let partition = view.ring().partition_of(key);
+    let pref = replica::read_set(&view, partition);
+    let needed = level.required(view.quorum_n());
     let key = Arc::new(key.to_vec());
-    let (tx, rx) = mpsc::channel::<(String, Option<Option<Record>>)>(pref.len().max(1));
+    let (tx, rx) = mpsc::channel::<Reply>(pref.len().max(1));
     for id in &pref {
-        if *id == node.id {
-            let local = node.storage.get(partition, &key)?;
+        if id == node.id() {
+            let local = node.storage().get(partition, &key)?;
             let _ = tx.send((id.clone(), Some(local))).await;
             continue;
         }
-        let (node, tx, key, id) = (node.clone(), tx.clone(), key.clone(), id.clone());
-        tokio::spawn(async move {
-            let reply = match node.member(&id) {
-                Some((addr, _)) => node.peers.read(&addr, &key).await.ok(),
-                None => None,
-            };
+        let (n, tx, key, id, view) = (node.clone(), tx.clone(), key.clone(), id.clone(), view.clone());
+        node.spawn(async move {
+            let reply = replica::read(&n, &view, &id, partition, &key).await.ok();
             let _ = tx.send((id, reply)).await;
         });
     }
     drop(tx);
     let (quorum_tx, quorum_rx) = oneshot::channel();
-    let deadline = Instant::now() + node.peers.timeout() + Duration::from_millis(50);
-    tokio::spawn(gather(node.clone(), partition, key, pref.len(), needed, deadline, rx, quorum_tx));
+    let deadline = Instant::now() + node.timeout() + Duration::from_millis(50);
+    let tally = Tally::new(needed, pref.len());
+    node.spawn(gather(node.clone(), view, partition, key, tally, deadline, rx, quorum_tx));
     match quorum_rx.await {
         Ok(Ok(merged)) => Ok(visible(merged, now_ms())),
         Ok(Err(acked)) => {
-            node.metrics.quorum_failures.with_label_values(&["read"]).inc();
+            node.metrics().quorum_failures.with_label_values(&["read"]).inc();
             Err(CoordError::QuorumNotMet { needed, acked, context: None })
         }
         Err(_) => Err(CoordError::QuorumNotMet { needed, acked: 0, context: None }),
     }
 }
 
-/// Collects read replies: answers the client through `quorum` as soon as
-/// `needed` arrived (or `Err(replies)` once that cannot happen), then waits
-/// for the rest and repairs every replica that differs from the merge.
+/// Collects read replies: answers the client through `quorum` as soon as the
+/// tally is reached (or `Err(replies)` once it failed), then waits for the
+/// rest and repairs every replica that differs from the merge.
 #[allow(clippy::too_many_arguments)]
 async fn gather(
     node: Arc<Node>,
+    view: Arc<ClusterView>,
     partition: u32,
     key: Arc<Vec<u8>>,
-    total: usize,
-    needed: usize,
+    mut tally: Tally,
     deadline: Instant,
-    mut rx: mpsc::Receiver<(String, Option<Option<Record>>)>,
+    mut rx: mpsc::Receiver<Reply>,
     quorum: oneshot::Sender<Result<Record, usize>>,
 ) {
     let mut quorum = Some(quorum);
-    let mut replies: Vec<(String, Option<Record>)> = Vec::with_capacity(total);
+    let mut replies: Vec<(String, Option<Record>)> = Vec::new();
     let mut merged = Record::new();
-    let mut failed = 0;
-    while replies.len() + failed < total {
+    while !tally.complete() {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some((id, Some(rec)))) => {
                 if let Some(r) = &rec {
                     merged = merged.sync(r);
                 }
                 replies.push((id, rec));
+                tally.ok();
             }
-            Ok(Some((_, None))) => failed += 1,
+            Ok(Some((_, None))) => {
+                tally.fail();
+            }
             Ok(None) | Err(_) => break,
         }
-        if replies.len() >= needed {
-            if let Some(q) = quorum.take() {
-                let _ = q.send(Ok(merged.clone()));
+        match tally.outcome() {
+            Outcome::Reached => {
+                if let Some(q) = quorum.take() {
+                    let _ = q.send(Ok(merged.clone()));
+                }
             }
-        } else if total - failed < needed {
-            if let Some(q) = quorum.take() {
-                let _ = q.send(Err(replies.len()));
+            Outcome::Failed => {
+                if let Some(q) = quorum.take() {
+                    let _ = q.send(Err(tally.acked()));
+                }
             }
+            Outcome::Pending => {}
         }
     }
     if let Some(q) = quorum.take() {
-        let _ = q.send(if replies.len() >= needed { Ok(merged.clone()) } else { Err(replies.len()) });
+        let _ = q.send(if tally.outcome() == Outcome::Reached { Ok(merged.clone()) } else { Err(tally.acked()) });
     }
     if merged.is_empty() {
         return;
@@ -355,18 +354,9 @@ async fn gather(
         if rec.as_ref() == Some(&merged) {
             continue;
         }
-        node.metrics.read_repairs.inc();
-        if id == node.id {
-            let m = merged.clone();
-            let r =
-                node.storage.update(partition, &key, |cur| Ok::<_, ()>((Some(cur.unwrap_or_default().sync(&m)), ())));
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "local read repair failed");
-            }
-        } else if let Some((addr, _)) = node.member(&id) {
-            if let Err(e) = node.peers.write(&addr, &key, &merged).await {
-                tracing::debug!(peer = %id, error = %e, "read repair failed");
-            }
+        node.metrics().read_repairs.inc();
+        if let Err(e) = replica::merge(&node, &view, &id, partition, &key, &merged).await {
+            tracing::debug!(peer = %id, error = %e, "read repair failed");
         }
     }
 }
@@ -378,32 +368,24 @@ pub fn visible(mut record: Record, now_ms: u64) -> ReadResult {
     ReadResult { visible: record.into_versions(), context }
 }
 
-/// Merges a replica's incoming state into this node's copy of `key` (replica
-/// writes, hints delivered, read repair). Never refuses for the sibling cap.
-pub fn merge_local(node: &Node, key: &[u8], incoming: &Record) -> Result<(), StorageError> {
-    let partition = node.ring().partition_of(key);
-    node.storage
-        .update(partition, key, |cur| Ok::<_, ()>((Some(cur.unwrap_or_default().sync(incoming)), ())))?
-        .expect("merge never refuses");
-    Ok(())
-}
-
-/// The nodes a request for `key` should be forwarded to, in order, when this
-/// node is not in its preference list (alive ones first); `None` when this
-/// node coordinates itself.
-pub fn forward_targets(node: &Node, key: &[u8]) -> Option<Vec<String>> {
-    let ring = node.ring();
+/// The nodes (id, address) a request for `key` should be forwarded to, in
+/// order, when this node is not in its preference list (alive ones first);
+/// `None` when this node coordinates itself.
+pub fn forward_targets(view: &ClusterView, key: &[u8]) -> Option<Vec<(String, String)>> {
+    let ring = view.ring();
     let pref = ring.preference_list(ring.partition_of(key));
-    if pref.contains(&node.id.as_str()) {
+    if pref.contains(&view.me()) {
         return None;
     }
     let mut alive = Vec::new();
     let mut other = Vec::new();
     for id in pref {
-        match node.member(id) {
-            Some((addr, Status::Alive)) => alive.push(addr),
-            Some((addr, _)) => other.push(addr),
-            None => {}
+        let Some(m) = view.member(id) else { continue };
+        let entry = (id.to_string(), m.address.clone());
+        if view.is_alive(id) {
+            alive.push(entry);
+        } else {
+            other.push(entry);
         }
     }
     alive.extend(other);

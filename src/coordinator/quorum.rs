@@ -1,5 +1,7 @@
-//! Read and write quorums: what a client may ask for (`r`, `w`) and how many
-//! replies that means for a preference list of N nodes. Pure arithmetic.
+//! Read and write quorums: what a client may ask for (`r`, `w`), how many
+//! replies that means for a preference list of N nodes, and the [`Tally`]
+//! that reads and writes both use to know when a quorum is reached or can
+//! no longer be. Pure arithmetic.
 //!
 //! A count is any whole number from 1 up to [`MAX_COUNT`] (ten digits, as
 //! `openapi.yaml` says); above N it means every replica, the same cap that
@@ -67,9 +69,120 @@ impl Level {
     }
 }
 
+/// Where a quorum stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not decided: more replies may still come.
+    Pending,
+    /// At least `needed` replicas answered.
+    Reached,
+    /// Even if every outstanding reply were good, `needed` cannot be reached.
+    Failed,
+}
+
+/// Counts replies from `total` replicas toward `needed`. Once decided, the
+/// outcome never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    needed: usize,
+    total: usize,
+    ok: usize,
+    failed: usize,
+}
+
+impl Tally {
+    /// Nothing heard yet from `total` replicas, `needed` of which must answer.
+    pub fn new(needed: usize, total: usize) -> Self {
+        Self { needed, total, ok: 0, failed: 0 }
+    }
+
+    /// One good reply (ignored past `total`).
+    pub fn ok(&mut self) -> Outcome {
+        if self.answered() < self.total {
+            self.ok += 1;
+        }
+        self.outcome()
+    }
+
+    /// One failed reply (ignored past `total`).
+    pub fn fail(&mut self) -> Outcome {
+        if self.answered() < self.total {
+            self.failed += 1;
+        }
+        self.outcome()
+    }
+
+    /// The current outcome.
+    pub fn outcome(&self) -> Outcome {
+        if self.ok >= self.needed {
+            Outcome::Reached
+        } else if self.total - self.failed < self.needed {
+            Outcome::Failed
+        } else {
+            Outcome::Pending
+        }
+    }
+
+    /// Good replies so far.
+    pub fn acked(&self) -> usize {
+        self.ok
+    }
+
+    /// Replies so far, good or not.
+    pub fn answered(&self) -> usize {
+        self.ok + self.failed
+    }
+
+    /// Whether every replica answered.
+    pub fn complete(&self) -> bool {
+        self.answered() == self.total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Reached exactly when enough good replies came; failed exactly when
+        /// the outstanding ones could not make up the difference; and a
+        /// decided outcome never changes.
+        #[test]
+        fn tally_laws(needed in 1usize..6, total in 0usize..6, replies in proptest::collection::vec(any::<bool>(), 0..8)) {
+            let mut t = Tally::new(needed, total);
+            let mut decided: Option<Outcome> = None;
+            let (mut ok, mut failed) = (0usize, 0usize);
+            for good in replies {
+                let o = if good { t.ok() } else { t.fail() };
+                if ok + failed < total {
+                    if good { ok += 1 } else { failed += 1 }
+                }
+                prop_assert_eq!(o == Outcome::Reached, ok >= needed);
+                prop_assert_eq!(o == Outcome::Failed, ok < needed && total - failed < needed);
+                if let Some(d) = decided {
+                    prop_assert_eq!(o, d);
+                } else if o != Outcome::Pending {
+                    decided = Some(o);
+                }
+                prop_assert_eq!(t.acked(), ok);
+                prop_assert!(t.answered() <= total);
+            }
+        }
+    }
+
+    #[test]
+    fn a_quorum_of_two_out_of_three() {
+        let mut t = Tally::new(2, 3);
+        assert_eq!(t.outcome(), Outcome::Pending);
+        assert_eq!(t.fail(), Outcome::Pending);
+        assert_eq!(t.ok(), Outcome::Pending);
+        assert_eq!(t.ok(), Outcome::Reached);
+        let mut t = Tally::new(2, 3);
+        t.fail();
+        assert_eq!(t.fail(), Outcome::Failed);
+        assert_eq!(Tally::new(1, 0).outcome(), Outcome::Failed, "nobody to ask");
+    }
 
     #[test]
     fn spellings() {

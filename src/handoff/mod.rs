@@ -1,10 +1,10 @@
 //! Hinted handoff (SPEC §4) and the hand-off of a leaving node.
 //!
 //! A stand-in keeps a write for an unreachable owner in the `hints` tree
-//! (durable, merged per key). This loop delivers hints to owners that are
-//! alive again and deletes a hint only after the owner acknowledged it and
-//! only if it did not change meanwhile. A hint whose owner has left goes to the
-//! key's current preference list instead.
+//! (durable, merged per key). The [`HintDelivery`] worker hands hints to
+//! owners that are alive again and deletes a hint only after the owner
+//! acknowledged it and only if it did not change meanwhile. A hint whose
+//! owner has left goes to the key's current preference list instead.
 //!
 //! [`leave`] runs when `POST /cluster/leave` stops the node: every key it
 //! stores is written to the key's preference list in the ring without this
@@ -12,64 +12,73 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
 
 use crate::membership::Status;
 use crate::node::Node;
-use crate::ring::Ring;
+use crate::replica;
+use crate::storage::Hint;
+use crate::worker::{self, State, WorkError, Worker};
 
 /// Hints looked at per round.
 const BATCH: usize = 1000;
+/// Keys read per page while handing a partition off.
+const PAGE: usize = 500;
 
-/// Runs delivery rounds until cancelled.
-pub async fn run(node: Arc<Node>, cancel: CancellationToken) {
-    let every = Duration::from_millis(node.cfg.gossip_interval_ms.max(50));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => { deliver(&node).await; }
-        }
+/// The hint delivery worker: a round every gossip interval (at least 50 ms).
+pub struct HintDelivery {
+    node: Arc<Node>,
+    tick: tokio::time::Interval,
+}
+
+impl HintDelivery {
+    /// A worker for `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        let tick = worker::ticker(Duration::from_millis(node.cfg().gossip_interval_ms.max(50)));
+        Self { node, tick }
+    }
+}
+
+impl Worker for HintDelivery {
+    fn name(&self) -> &'static str {
+        "hint-delivery"
+    }
+
+    async fn work(&mut self) -> Result<State, WorkError> {
+        deliver(&self.node).await?;
+        Ok(State::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.tick.tick().await;
     }
 }
 
 /// One delivery round; returns how many hints were delivered.
-pub async fn deliver(node: &Node) -> usize {
-    let hints = match node.storage.hints(BATCH) {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(error = %e, "reading hints failed");
-            return 0;
-        }
-    };
-    node.metrics.hints_pending.set(node.storage.hints_pending() as i64);
+pub async fn deliver(node: &Node) -> Result<usize, crate::storage::StorageError> {
+    let storage = node.storage();
+    let hints = storage.hints(BATCH)?;
+    node.metrics().hints_pending.set(storage.hints_pending() as i64);
     if hints.is_empty() {
-        return 0;
+        return Ok(0);
     }
-    let ring = node.ring();
+    let view = node.view();
     let mut owner_down: HashSet<String> = HashSet::new();
     let mut delivered = 0;
     for hint in hints {
-        let targets: Vec<String> = match node.member(&hint.owner) {
-            Some((addr, Status::Alive)) => vec![addr],
-            Some((_, Status::Left)) | None => {
+        let targets: Vec<String> = match view.status(&hint.owner) {
+            Some(Status::Alive) => vec![hint.owner.clone()],
+            Some(Status::Left) | None => {
                 // The owner is gone for good: the key's replicas now take it,
                 // this node included when it is one.
-                let pref = ring.preference_list(hint.partition);
-                if pref.contains(&node.id.as_str()) {
-                    if let Err(e) = crate::coordinator::merge_local(node, &hint.key, &hint.record) {
+                let pref = replica::read_set(&view, hint.partition);
+                if pref.iter().any(|id| id == node.id()) {
+                    if let Err(e) = storage.merge(hint.partition, &hint.key, &hint.record) {
                         tracing::warn!(error = %e, "merging a hint locally failed");
                         continue;
                     }
                 }
-                let others: Vec<String> = pref
-                    .into_iter()
-                    .filter(|id| *id != node.id)
-                    .filter_map(|id| node.member(id).map(|(a, _)| a))
-                    .collect();
+                let others: Vec<String> = pref.into_iter().filter(|id| id != node.id()).collect();
                 if others.is_empty() {
                     remove(node, &hint, &mut delivered);
                     continue;
@@ -83,7 +92,7 @@ pub async fn deliver(node: &Node) -> usize {
         }
         let mut ok = false;
         for t in &targets {
-            match node.peers.write(t, &hint.key, &hint.record).await {
+            match replica::merge(node, &view, t, hint.partition, &hint.key, &hint.record).await {
                 Ok(()) => ok = true,
                 Err(e) => tracing::debug!(owner = %hint.owner, error = %e, "hint delivery failed"),
             }
@@ -95,16 +104,16 @@ pub async fn deliver(node: &Node) -> usize {
         }
         remove(node, &hint, &mut delivered);
     }
-    node.metrics.hints_pending.set(node.storage.hints_pending() as i64);
-    delivered
+    node.metrics().hints_pending.set(storage.hints_pending() as i64);
+    Ok(delivered)
 }
 
 /// Deletes a delivered hint (unless it changed meanwhile) and counts it.
-fn remove(node: &Node, hint: &crate::storage::Hint, delivered: &mut usize) {
-    match node.storage.remove_hint(hint) {
+fn remove(node: &Node, hint: &Hint, delivered: &mut usize) {
+    match node.storage().remove_hint(hint) {
         Ok(true) => {
             *delivered += 1;
-            node.metrics.hints_delivered.inc();
+            node.metrics().hints_delivered.inc();
         }
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "removing a delivered hint failed"),
@@ -112,40 +121,61 @@ fn remove(node: &Node, hint: &crate::storage::Hint, delivered: &mut usize) {
 }
 
 /// Hands everything this node holds to the ring without it, then gossips
-/// `left` to every live peer.
+/// `left` to every live peer. A record that does not decode is logged and
+/// counted (`dynakv_corrupt_records_total`), never silently skipped.
 pub async fn leave(node: &Node) {
-    let remaining: Vec<String> = {
-        let t = node.members.lock().expect("members lock");
-        t.ring_members().into_iter().filter(|id| *id != node.id).collect()
-    };
-    let after = Ring::new(&remaining, node.cfg.partitions, node.cfg.vnodes, node.cfg.replicas);
+    let view = node.view();
+    let after = view.ring_without(node.id());
+    let storage = node.storage();
     let mut handed = 0usize;
-    for p in 0..node.cfg.partitions {
+    for p in 0..node.cfg().partitions {
         let targets: Vec<String> =
-            after.preference_list(p).into_iter().filter_map(|id| node.member(id).map(|(a, _)| a)).collect();
+            after.preference_list(p).into_iter().filter(|id| view.member(id).is_some()).map(str::to_string).collect();
         if targets.is_empty() {
             continue;
         }
-        let items = match node.storage.scan(p) {
-            Ok(it) => it.filter_map(Result::ok).collect::<Vec<_>>(),
-            Err(e) => {
-                tracing::warn!(partition = p, error = %e, "scan for hand-off failed");
-                continue;
-            }
-        };
-        for (key, record) in items {
-            for t in &targets {
-                if let Err(e) = node.peers.write(t, &key, &record).await {
-                    tracing::warn!(partition = p, peer = %t, error = %e, "hand-off write failed");
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page = match storage.scan_from_async(p, cursor.take(), PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "scan for hand-off failed");
+                    break;
                 }
+            };
+            for (key, record) in page.items {
+                let record = match record {
+                    Ok(r) => r,
+                    Err(e) => {
+                        node.metrics().corrupt_records.inc();
+                        tracing::error!(partition = p, key = %String::from_utf8_lossy(&key), error = %e, "record does not decode; not handed off");
+                        continue;
+                    }
+                };
+                for t in &targets {
+                    if let Err(e) = replica::merge(node, &view, t, p, &key, &record).await {
+                        tracing::warn!(partition = p, peer = %t, error = %e, "hand-off write failed");
+                    }
+                }
+                handed += 1;
             }
-            handed += 1;
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
         }
     }
-    deliver(node).await;
-    node.members.lock().expect("members lock").leave(SystemTime::now());
-    let peers: Vec<String> = remaining.iter().filter_map(|id| node.member(id).map(|(a, _)| a)).collect();
-    let calls = peers.iter().map(|url| crate::membership::gossip::exchange(node, url));
+    if let Err(e) = deliver(node).await {
+        tracing::warn!(error = %e, "delivering hints before leaving failed");
+    }
+    node.mark_left();
+    let view = node.view();
+    let peers: Vec<(String, String)> = view
+        .members()
+        .filter(|m| m.id != node.id() && m.status.on_ring())
+        .map(|m| (m.id.clone(), m.address.clone()))
+        .collect();
+    let calls = peers.iter().map(|(id, address)| crate::gossip::exchange(node, id, address));
     futures_util::future::join_all(calls).await;
     tracing::info!(keys = handed, "left the cluster");
 }

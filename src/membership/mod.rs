@@ -14,8 +14,6 @@
 //! heartbeat it was announced at and is undone only by a higher heartbeat
 //! (the node started again).
 
-pub mod gossip;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 

@@ -12,6 +12,19 @@ pub mod hash;
 
 pub use hash::{key_hash, partition_end, partition_of, partition_start};
 
+/// What a ring is built from besides its members: fixed for a cluster's life
+/// (Q, N) or for a node's (vnodes), so every node derives the same ring from
+/// the same member set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingParams {
+    /// Q, the number of partitions.
+    pub partitions: u32,
+    /// Tokens each node places on the ring.
+    pub vnodes: u32,
+    /// N, copies of every key.
+    pub replicas: u32,
+}
+
 /// The placement of every partition for one member set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ring {
@@ -24,6 +37,11 @@ pub struct Ring {
 }
 
 impl Ring {
+    /// Builds the ring for `members` with `params`.
+    pub fn build<S: AsRef<str>>(members: &[S], params: RingParams) -> Self {
+        Self::new(members, params.partitions, params.vnodes, params.replicas)
+    }
+
     /// Builds the ring for `members` (duplicates ignored). `replicas` is N;
     /// preference lists hold `min(N, members)` nodes.
     pub fn new<S: AsRef<str>>(members: &[S], partitions: u32, vnodes: u32, replicas: u32) -> Self {

@@ -13,19 +13,28 @@
 //!   [`Record`]: writes kept for an unreachable owner (hinted handoff),
 //!   at most [`MAX_HINTS`].
 //!
-//! Writes are read-modify-write loops over `compare_and_swap`, so concurrent
+//! Every change to a partition tree (a client write, a replica merge, a
+//! purge, an expiry, a dropped partition) goes through one place,
+//! `Storage::commit`: a `compare_and_swap` from the exact bytes read to the
+//! new ones, then, in the same step, the partition's change counter and the
+//! registered [`ChangeObserver`] (anti-entropy keeps its Merkle trees current
+//! from there). Writes are read-modify-write loops over that, so concurrent
 //! writers of one key never lose each other's versions. With `sync_writes`,
 //! [`Storage::durable`] waits for a flush that started after the write, and
 //! writes arriving together share one flush (group commit).
+//!
+//! Storage knows records and bytes, nothing of membership or coordination:
+//! the member table is kept as opaque bytes.
 
 pub mod record;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+pub use record::{Content, Record, RecordError};
 
-pub use record::{Content, Record};
+use crate::version::Dot;
 
 const META_NODE_ID: &[u8] = b"node_id";
 const META_PARTITIONS: &[u8] = b"partitions";
@@ -68,6 +77,30 @@ pub enum StorageError {
     /// A record did not decode.
     #[error(transparent)]
     Record(#[from] record::RecordError),
+    /// A blocking storage task failed to complete.
+    #[error("storage task failed: {0}")]
+    Blocking(String),
+}
+
+/// Told about every change to a partition tree, in the same step as the
+/// change itself (after the compare-and-swap succeeded, before the writer
+/// returns). Calls for one key may arrive from several threads at once; each
+/// describes one real transition from `old` to `new` (encoded records, `None`
+/// for absent), so an observer that combines transitions commutatively (an
+/// XOR of hashes) ends in the right state whatever the interleaving.
+pub trait ChangeObserver: Send + Sync {
+    /// `key` of `partition` went from `old` to `new`.
+    fn changed(&self, partition: u32, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>);
+}
+
+/// One page of a partition scan.
+#[derive(Debug, Default)]
+pub struct ScanPage {
+    /// Keys in order with their records; a record that does not decode is
+    /// given as its error, for the caller to log and count, never skipped.
+    pub items: Vec<(Vec<u8>, Result<Record, RecordError>)>,
+    /// Where the next page starts (`None`: the partition is done).
+    pub next: Option<Vec<u8>>,
 }
 
 /// One node's sled database.
@@ -86,6 +119,10 @@ pub struct Storage {
     dot_reserved: AtomicU64,
     /// Entries in `hints` (sled's `len` is a full scan).
     hint_count: AtomicUsize,
+    /// Changes committed per partition since start: a hand-off drops a
+    /// partition only if this did not move while it streamed.
+    changes: Vec<AtomicU64>,
+    observer: OnceLock<Arc<dyn ChangeObserver>>,
 }
 
 /// How a node opens its storage.
@@ -144,6 +181,8 @@ impl Storage {
             dot_floor: AtomicU64::new(0),
             dot_reserved: AtomicU64::new(0),
             hint_count: AtomicUsize::new(0),
+            changes: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            observer: OnceLock::new(),
             db,
         };
         storage.hint_count.store(storage.hints.len(), Ordering::SeqCst);
@@ -197,16 +236,27 @@ impl Storage {
             .unwrap_or(0))
     }
 
-    /// The membership digests saved by [`Storage::save_members`].
-    pub fn members(&self) -> Result<Vec<crate::membership::Digest>, StorageError> {
-        Ok(self.meta.get(META_MEMBERS)?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default())
+    /// The membership table saved by [`Storage::save_members`] (opaque
+    /// bytes; the caller owns the format).
+    pub fn members(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.meta.get(META_MEMBERS)?.map(|v| v.to_vec()))
     }
 
     /// Remembers the membership table so a restart starts from the last ring.
-    pub fn save_members(&self, members: &[crate::membership::Digest]) -> Result<(), StorageError> {
-        let json = serde_json::to_vec(members).expect("digests serialize");
-        self.meta.insert(META_MEMBERS, json)?;
+    pub fn save_members(&self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.meta.insert(META_MEMBERS, bytes)?;
         Ok(())
+    }
+
+    /// Registers the one observer of partition changes (anti-entropy).
+    /// Returns false if one was registered already.
+    pub fn set_observer(&self, observer: Arc<dyn ChangeObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// Q, the number of partitions.
+    pub fn partition_count(&self) -> u32 {
+        self.partitions.len() as u32
     }
 
     /// The highest dot counter this node ever issued (at least), across
@@ -232,7 +282,7 @@ impl Storage {
         if let Some(t) = slot.get() {
             return Ok(t);
         }
-        let tree = self.db.open_tree(format!("p{partition:05}"))?;
+        let tree = self.db.open_tree(partition_tree(partition))?;
         Ok(slot.get_or_init(|| tree))
     }
 
@@ -266,13 +316,93 @@ impl Storage {
             if new_bytes.as_deref() == old.as_deref() {
                 return Ok(Ok((out, new)));
             }
-            if let Some(rec) = &new {
-                self.index(partition, key, rec)?;
-            }
-            if tree.compare_and_swap(key, old, new_bytes)?.is_ok() {
+            if self.commit(partition, tree, key, old, new_bytes, new.as_ref())? {
                 return Ok(Ok((out, new)));
             }
         }
+    }
+
+    /// The one place a partition tree changes: swaps `key` from exactly
+    /// `old` to `new` and, if that succeeded, counts the change and tells the
+    /// observer. Returns false (changing nothing) if `key` no longer holds
+    /// `old`.
+    fn commit(
+        &self,
+        partition: u32,
+        tree: &sled::Tree,
+        key: &[u8],
+        old: Option<sled::IVec>,
+        new: Option<Vec<u8>>,
+        record: Option<&Record>,
+    ) -> Result<bool, StorageError> {
+        if let Some(rec) = record {
+            self.index(partition, key, rec)?;
+        }
+        let swapped = tree.compare_and_swap(key, old.as_ref(), new.as_deref())?.is_ok();
+        if swapped {
+            self.changes[partition as usize].fetch_add(1, Ordering::SeqCst);
+            if let Some(obs) = self.observer.get() {
+                obs.changed(partition, key, old.as_deref(), new.as_deref());
+            }
+        }
+        Ok(swapped)
+    }
+
+    /// Merges a replica's state into this node's copy of `key` (replica
+    /// writes, hints delivered, read repair, hand-offs): `Siblings::sync`,
+    /// which never drops a version for the sibling cap. Returns the record
+    /// now stored.
+    pub fn merge(&self, partition: u32, key: &[u8], incoming: &Record) -> Result<Record, StorageError> {
+        let out = self.update(partition, key, |cur| {
+            let merged = match cur {
+                Some(cur) => cur.sync(incoming),
+                None => incoming.clone(),
+            };
+            Ok::<_, std::convert::Infallible>((Some(merged), ()))
+        })?;
+        let Ok(((), stored)) = out;
+        Ok(stored.unwrap_or_default())
+    }
+
+    /// Drops `key` if this node holds exactly the versions `dots` and, at
+    /// `now_ms`, each is a tombstone past `grace_ms` or an expired value;
+    /// returns whether it did.
+    pub fn purge_if(
+        &self,
+        partition: u32,
+        key: &[u8],
+        dots: &[Dot],
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Result<bool, StorageError> {
+        let out = self.update(partition, key, |cur| match cur {
+            Some(rec)
+                if rec.len() == dots.len()
+                    && rec.values().iter().all(|v| dots.contains(&v.dot))
+                    && purgeable(&rec, now_ms, grace_ms) =>
+            {
+                Ok::<_, std::convert::Infallible>((None, true))
+            }
+            other => Ok((other, false)),
+        })?;
+        let Ok((gone, _)) = out;
+        Ok(gone)
+    }
+
+    /// Drops `key` if every version it holds has expired at `now_ms`;
+    /// returns how many versions went. A record keeping a live version keeps
+    /// its expired ones too (the next write supersedes them), so this node
+    /// still holds every dot it issued (see `coordinator::new_version`).
+    pub fn expire(&self, partition: u32, key: &[u8], now_ms: u64) -> Result<u64, StorageError> {
+        let out = self.update(partition, key, |cur| match cur {
+            Some(rec) if rec.values().iter().all(|v| v.payload.expired(now_ms)) => {
+                let n = rec.len() as u64;
+                Ok::<_, std::convert::Infallible>((None, n))
+            }
+            other => Ok((other, 0)),
+        })?;
+        let Ok((n, _)) = out;
+        Ok(n)
     }
 
     /// Notes a record's expiry and tombstone times in the reaper's indexes.
@@ -390,16 +520,71 @@ impl Storage {
         }
     }
 
-    /// Every (key, record) of one partition (a full scan; call off the async
-    /// threads for large partitions).
-    pub fn scan(
-        &self,
-        partition: u32,
-    ) -> Result<impl Iterator<Item = Result<(Vec<u8>, Record), StorageError>>, StorageError> {
-        Ok(self.tree(partition)?.iter().map(|item| {
+    /// Up to `limit` keys of `partition` after `after` (from the start when
+    /// `None`), in key order: a resumable cursor for streaming a partition.
+    /// Blocking; call it off the async threads ([`Storage::scan_from_async`]).
+    pub fn scan_from(&self, partition: u32, after: Option<&[u8]>, limit: usize) -> Result<ScanPage, StorageError> {
+        let tree = self.tree(partition)?;
+        let iter = match after {
+            Some(a) => tree.range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => tree.iter(),
+        };
+        let mut page = ScanPage::default();
+        for item in iter {
             let (k, v) = item?;
-            Ok((k.to_vec(), record::decode(&v)?))
-        }))
+            if page.items.len() == limit {
+                page.next = page.items.last().map(|(k, _)| k.clone());
+                break;
+            }
+            page.items.push((k.to_vec(), record::decode(&v)));
+        }
+        Ok(page)
+    }
+
+    /// [`Storage::scan_from`] on the blocking pool.
+    pub async fn scan_from_async(
+        self: &Arc<Self>,
+        partition: u32,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<ScanPage, StorageError> {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.scan_from(partition, after.as_deref(), limit)).await {
+            Ok(r) => r,
+            Err(e) => Err(StorageError::Blocking(e.to_string())),
+        }
+    }
+
+    /// Changes committed to `partition` since this process started.
+    pub fn partition_changes(&self, partition: u32) -> u64 {
+        self.changes[partition as usize].load(Ordering::SeqCst)
+    }
+
+    /// Removes every key of `partition` (each through the change path, so
+    /// observers stay exact); returns how many went. Blocking.
+    pub fn drop_partition(&self, partition: u32) -> Result<u64, StorageError> {
+        let tree = self.tree(partition)?;
+        let mut removed = 0;
+        for item in tree.iter() {
+            let (k, v) = item?;
+            if self.commit(partition, tree, &k, Some(v), None, None)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The partitions this node holds at least one key of, in order.
+    pub fn partitions_held(&self) -> Result<Vec<u32>, StorageError> {
+        let mut held = Vec::new();
+        for name in self.db.tree_names() {
+            let Some(p) = std::str::from_utf8(&name).ok().and_then(parse_partition_tree) else { continue };
+            if p < self.partition_count() && !self.tree(p)?.is_empty() {
+                held.push(p);
+            }
+        }
+        held.sort_unstable();
+        Ok(held)
     }
 
     /// Returns once this write is as durable as the configuration promises:
@@ -442,6 +627,23 @@ pub struct Hint {
     pub record: Record,
     raw_key: Vec<u8>,
     raw: Vec<u8>,
+}
+
+/// Whether a record holds nothing but tombstones past `grace_ms` (or expired
+/// values) at `now_ms`.
+pub fn purgeable(rec: &Record, now_ms: u64, grace_ms: u64) -> bool {
+    rec.values().iter().all(|v| {
+        v.payload.expired(now_ms) || (v.payload.deleted && v.payload.timestamp_ms.saturating_add(grace_ms) <= now_ms)
+    })
+}
+
+fn partition_tree(partition: u32) -> String {
+    format!("p{partition:05}")
+}
+
+fn parse_partition_tree(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix('p')?;
+    (digits.len() == 5 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
 }
 
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StorageError> {
@@ -659,5 +861,143 @@ mod tests {
         s.done(false, &due[0]).unwrap();
         assert!(s.due(false, 500, 10).unwrap().is_empty());
         assert_eq!(s.due(false, 2_000, 10).unwrap().len(), 1);
+    }
+
+    fn versioned(node: &str, v: &str, deleted: bool, ts: u64) -> Record {
+        let ctx = Context::new();
+        let rec = Record::new();
+        let mut c = content(v);
+        c.deleted = deleted;
+        c.timestamp_ms = ts;
+        rec.update(&ctx, rec.next_dot(&ctx, node, 0), c)
+    }
+
+    #[tokio::test]
+    async fn merge_keeps_concurrent_versions_and_returns_what_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &opts(2, false)).unwrap();
+        let a = versioned("x", "one", false, 1);
+        let b = versioned("y", "two", false, 1);
+        assert_eq!(s.merge(1, b"k", &a).unwrap(), a);
+        let both = s.merge(1, b"k", &b).unwrap();
+        assert_eq!(both.len(), 2);
+        assert_eq!(s.get(1, b"k").unwrap().unwrap(), both);
+        assert_eq!(s.merge(1, b"k", &a).unwrap(), both, "idempotent");
+    }
+
+    #[tokio::test]
+    async fn purge_and_expiry_take_only_what_they_may() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &opts(1, false)).unwrap();
+        let tomb = versioned("x", "", true, 100);
+        s.merge(0, b"t", &tomb).unwrap();
+        let dots: Vec<Dot> = tomb.values().iter().map(|v| v.dot.clone()).collect();
+        assert!(!s.purge_if(0, b"t", &dots, 150, 100).unwrap(), "grace not over");
+        assert!(!s.purge_if(0, b"t", &[], 500, 100).unwrap(), "other dots");
+        assert!(s.purge_if(0, b"t", &dots, 500, 100).unwrap());
+        assert!(s.get(0, b"t").unwrap().is_none());
+        let live = versioned("x", "v", false, 100);
+        s.merge(0, b"l", &live).unwrap();
+        let dots: Vec<Dot> = live.values().iter().map(|v| v.dot.clone()).collect();
+        assert!(!s.purge_if(0, b"l", &dots, 10_000, 0).unwrap(), "a live value is never purged");
+
+        // A record keeping a live version keeps its expired one too.
+        let ctx = Context::new();
+        let mut expiring = content("e");
+        expiring.expires_at_ms = Some(200);
+        let mixed = live.update(&Context::new(), Dot { node: "y".into(), counter: 1 }, expiring.clone());
+        s.merge(0, b"m", &mixed).unwrap();
+        assert_eq!(s.expire(0, b"m", 300).unwrap(), 0, "one version is still live");
+        let only = Record::new().update(&ctx, Dot { node: "y".into(), counter: 2 }, expiring);
+        s.merge(0, b"e", &only).unwrap();
+        assert_eq!(s.expire(0, b"e", 100).unwrap(), 0, "not yet");
+        assert_eq!(s.expire(0, b"e", 300).unwrap(), 1);
+        assert!(s.get(0, b"e").unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn scans_page_resume_and_report_undecodable_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &opts(2, false)).unwrap();
+        for i in 0..10 {
+            s.merge(1, format!("k{i}").as_bytes(), &versioned("x", "v", false, 1)).unwrap();
+        }
+        s.tree(1).unwrap().insert(b"k5-broken", &[9u8, 9, 9]).unwrap();
+        let mut keys = Vec::new();
+        let mut broken = 0;
+        let mut cursor: Option<Vec<u8>> = None;
+        let mut pages = 0;
+        loop {
+            let page = s.scan_from_async(1, cursor.take(), 3).await.unwrap();
+            pages += 1;
+            for (k, r) in page.items {
+                match r {
+                    Ok(_) => keys.push(String::from_utf8(k).unwrap()),
+                    Err(_) => broken += 1,
+                }
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(keys.len(), 10);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "in key order, each once: {keys:?}");
+        assert_eq!((broken, pages), (1, 4));
+        assert!(s.scan_from(0, None, 10).unwrap().items.is_empty());
+    }
+
+    /// XORs a hash of every transition, per partition: what an incremental
+    /// Merkle tree does with the change path.
+    #[derive(Default)]
+    struct XorObserver(std::sync::Mutex<std::collections::HashMap<u32, u64>>);
+
+    fn h(key: &[u8], bytes: Option<&[u8]>) -> u64 {
+        bytes.map(|b| xxhash_rust::xxh3::xxh3_64(&[key, b].concat())).unwrap_or(0)
+    }
+
+    impl ChangeObserver for XorObserver {
+        fn changed(&self, partition: u32, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) {
+            *self.0.lock().unwrap().entry(partition).or_default() ^= h(key, old) ^ h(key, new);
+        }
+    }
+
+    #[tokio::test]
+    async fn every_change_reaches_the_observer_and_partitions_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &opts(4, false)).unwrap();
+        let obs = Arc::new(XorObserver::default());
+        assert!(s.set_observer(obs.clone()));
+        assert!(!s.set_observer(obs.clone()), "one observer");
+        // Writers race on a few keys of two partitions, from threads.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let key = format!("k{}", i % 5);
+                        s.merge(t % 2, key.as_bytes(), &versioned(&format!("w{t}"), &i.to_string(), false, i)).unwrap();
+                        if i % 7 == 0 {
+                            s.expire(t % 2, key.as_bytes(), u64::MAX).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        for p in 0..2u32 {
+            let expected = s.tree(p).unwrap().iter().map(|kv| kv.unwrap()).fold(0, |acc, (k, v)| acc ^ h(&k, Some(&v)));
+            assert_eq!(obs.0.lock().unwrap().get(&p).copied().unwrap_or(0), expected, "partition {p}");
+            assert!(s.partition_changes(p) > 0);
+        }
+        assert_eq!(s.partitions_held().unwrap(), vec![0, 1]);
+        let before = s.partition_changes(1);
+        let n = s.drop_partition(1).unwrap();
+        assert!(n > 0);
+        assert_eq!(s.partition_changes(1), before + n);
+        assert_eq!(s.partitions_held().unwrap(), vec![0]);
+        assert_eq!(obs.0.lock().unwrap().get(&1).copied().unwrap_or(0), 0, "dropped keys left the observer too");
     }
 }

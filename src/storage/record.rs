@@ -109,6 +109,39 @@ mod tests {
         }
     }
 
+    /// Golden vector: the exact bytes of a stored record (a value from `a`
+    /// with an expiry, a concurrent tombstone from `b`). A change here means
+    /// existing data dirs no longer read: bump `FORMAT` and keep a decoder.
+    #[test]
+    fn golden_record_bytes() {
+        let rec = Record::new();
+        let ctx = Context::new();
+        let value = Content {
+            value: b"hi".to_vec(),
+            content_type: "text/plain".into(),
+            timestamp_ms: 1_700_000_000_000,
+            expires_at_ms: Some(1_700_000_060_000),
+            deleted: false,
+        };
+        let rec = rec.update(&ctx, rec.next_dot(&ctx, "a", 0), value);
+        let tomb = Content {
+            value: Vec::new(),
+            content_type: String::new(),
+            timestamp_ms: 1_700_000_000_001,
+            expires_at_ms: None,
+            deleted: true,
+        };
+        let rec = rec.update(&ctx, rec.next_dot(&ctx, "b", 6), tomb);
+        let hex: String = encode(&rec).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "01020161010000026869\
+             0a746578742f706c61696e80d095ffbc3101e0a499ffbc3100016207000000\
+             0081d095ffbc310001"
+        );
+        assert_eq!(decode(&encode(&rec)).unwrap(), rec);
+    }
+
     #[test]
     fn unknown_format_is_named() {
         assert!(matches!(decode(&[9, 0]), Err(RecordError::UnknownFormat(9))));

@@ -172,6 +172,23 @@ mod tests {
         assert_eq!(decode(&encode(&ctx)), Ok(ctx));
     }
 
+    /// Golden vector: the exact token of a fixed context. Clients keep
+    /// tokens between requests (and across upgrades): a change here is a
+    /// deliberate act with a new `FORMAT`.
+    #[test]
+    fn golden_token() {
+        let ctx = Context::from_parts(
+            VersionVector::from_entries([("node-a".to_string(), 7), ("node-b".to_string(), 300)]),
+            [Dot { node: "node-a".into(), counter: 12 }],
+        );
+        assert_eq!(encode(&ctx), GOLDEN);
+        assert_eq!(decode(GOLDEN), Ok(ctx));
+        assert_eq!(encode(&Context::new()), GOLDEN_EMPTY);
+    }
+
+    const GOLDEN: &str = "AQIGbm9kZS1hBwZub2RlLWKsAgEGbm9kZS1hDLgQV7jzzo4S";
+    const GOLDEN_EMPTY: &str = "AQAAFQpblzAawhw";
+
     #[test]
     fn garbage_is_refused() {
         assert_eq!(decode(""), Err(ContextError::Malformed));

@@ -297,8 +297,8 @@ async fn ten_racing_clients_with_one_stale_context_leave_at_most_ten_siblings() 
 
 #[tokio::test]
 async fn cluster_secret_guards_internal_routes() {
-    use dynakv::peer::batch::{batch_body, write_op};
     use dynakv::storage::{Content, Record};
+    use dynakv::transport::wire::{batch_body, write_op};
     use dynakv::version::Context;
 
     let c = Cluster::start(3, &["--cluster-secret", "s3cret"]).await;
@@ -381,19 +381,42 @@ async fn a_restarted_node_starts_from_the_ring_it_knew() {
 
 #[tokio::test]
 async fn leave_hands_off_and_the_others_drop_it_at_once() {
-    let mut c = Cluster::start(3, &[]).await;
+    // Five nodes and N = 3: the leaver's share goes to nodes that did not
+    // hold it, so only the hand-off can put it there.
+    let mut c = Cluster::start(5, &[]).await;
+    let mut moved = Vec::new();
     for i in 0..30 {
-        assert_eq!(put(c.node(0), &format!("l{i}"), &format!("v{i}"), "?w=all", None).await.status(), 204);
+        let key = format!("l{i}");
+        assert_eq!(put(c.node(0), &key, &format!("v{i}"), "?w=all", None).await.status(), 204);
+        let pref = c.preference_list(&key).await;
+        if pref.iter().any(|id| id == "n3") {
+            moved.push((key, pref));
+        }
     }
+    assert!(moved.len() >= 5, "enough keys replicated on the leaver: {}", moved.len());
     let r = c.nodes[2].http.post(c.nodes[2].at("/cluster/leave")).send().await.unwrap();
     assert_eq!(r.status(), 202);
     assert!(c.nodes[2].wait().success(), "a leaving node exits 0");
-    for s in &c.nodes[..2] {
+    for (i, s) in c.nodes.iter().enumerate() {
+        if i == 2 {
+            continue;
+        }
         eventually("n3 listed as left and off the ring", || async {
             member_statuses(s).await.get("n3").map(String::as_str) == Some("left")
                 && !ring_nodes(s).await.contains("n3")
         })
         .await;
+    }
+    // Before any client read could repair anything: every new owner of the
+    // leaver's keys holds them.
+    for (key, old) in &moved {
+        let reps = replica_versions(c.node(1), key).await;
+        let new: Vec<&String> = reps.iter().map(|r| &r.0).collect();
+        assert!(!new.contains(&&"n3".to_string()));
+        assert!(new.iter().any(|id| !old.contains(id)), "{key}: {old:?} -> {new:?} has a new owner");
+        for (node, reachable, versions) in &reps {
+            assert!(*reachable && versions.len() == 1, "{key} on {node}: {versions:?}");
+        }
     }
     for i in 0..30 {
         let r = c.node(1).http.get(c.node(1).at(&format!("/kv/l{i}?r=all"))).send().await.unwrap();

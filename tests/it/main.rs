@@ -2,6 +2,7 @@
 //! 127.0.0.1 driven over HTTP.
 
 mod api;
+mod architecture;
 mod bad_input;
 mod cluster;
 mod durability;

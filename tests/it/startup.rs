@@ -106,6 +106,34 @@ async fn environment_variables_configure_the_node() {
     assert_eq!(ring["partitions"][0]["preference_list"][0], "from-env");
 }
 
+/// Compose files pass `DYNAKV_CLUSTER_SECRET: ${DYNAKV_CLUSTER_SECRET:-}`:
+/// an empty variable means no secret (on the command line it is an error).
+#[tokio::test]
+async fn an_empty_secret_in_the_environment_means_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::support::free_port();
+    let mut child = std::process::Command::new(crate::support::binary())
+        .env("DYNAKV_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DYNAKV_DATA_DIR", dir.path().join("d"))
+        .env("DYNAKV_CLUSTER_SECRET", "")
+        .env("DYNAKV_ADVERTISE", "")
+        .env("RUST_LOG", "off")
+        .spawn()
+        .unwrap();
+    let http = crate::support::client();
+    let status = crate::support::eventually_opt(|| async {
+        let r = http.post(format!("http://127.0.0.1:{port}/internal/gossip")).body("{}").send().await.ok()?;
+        Some(r.status().as_u16())
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, Some(400), "served, and internal routes need no secret");
+    let (code, stderr) = crate::support::start_error(&["--cluster-secret", ""], &dir.path().join("e"));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--cluster-secret must not be empty"), "{stderr}");
+}
+
 /// What `cargo run --release` does: no flags, 127.0.0.1:8080, data in ./data.
 #[tokio::test]
 async fn no_flags_serve_on_8080_from_dot_data() {

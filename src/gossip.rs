@@ -1,0 +1,111 @@
+//! The gossip worker (SPEC §4, "Gossip"): every `--gossip-interval-ms` this
+//! node bumps its own heartbeat, re-derives statuses, and starts a push-pull
+//! exchange with one random live peer, plus a seed while it knows few peers,
+//! plus now and then a dead member so its return is noticed.
+//!
+//! Exchanges run as their own tracked tasks bounded by the request timeout,
+//! so a slow or paused peer never delays the next round: a stalled loop
+//! would make healthy nodes look suspect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::seq::IndexedRandom;
+
+use crate::membership::Status;
+use crate::node::Node;
+use crate::transport::wire::GossipMessage;
+use crate::transport::{Route, Target, TransportError};
+use crate::worker::{self, State, WorkError, Worker};
+
+/// While a node knows fewer live peers than this, it also gossips with a seed.
+const FEW_PEERS: usize = 2;
+/// One round in this many also contacts a random dead member.
+const DEAD_PROBE_EVERY: u64 = 5;
+
+/// The gossip worker.
+pub struct Gossip {
+    node: Arc<Node>,
+    tick: tokio::time::Interval,
+    round: u64,
+}
+
+impl Gossip {
+    /// Rounds every `--gossip-interval-ms`.
+    pub fn new(node: Arc<Node>) -> Self {
+        let tick = worker::ticker(Duration::from_millis(node.cfg().gossip_interval_ms));
+        Self { node, tick, round: 0 }
+    }
+}
+
+impl Worker for Gossip {
+    fn name(&self) -> &'static str {
+        "gossip"
+    }
+
+    async fn work(&mut self) -> Result<State, WorkError> {
+        self.round += 1;
+        round(&self.node, self.round);
+        Ok(State::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.tick.tick().await;
+    }
+}
+
+/// One round: heartbeat, then spawn this round's exchanges.
+///
+/// A heartbeat that cannot be reserved on disk is logged, not an error of the
+/// worker: backing off would silence this node and make it look dead.
+fn round(node: &Arc<Node>, round_no: u64) {
+    if let Err(e) = node.heartbeat() {
+        tracing::warn!(error = %e, "heartbeat not persisted");
+    }
+    node.metrics().gossip_rounds.inc();
+    let view = node.view();
+    let others = || view.members().filter(|m| m.id != node.id());
+    let live: Vec<(String, String)> =
+        others().filter(|m| m.status.on_ring()).map(|m| (m.id.clone(), m.address.clone())).collect();
+    let dead: Vec<(String, String)> =
+        others().filter(|m| m.status == Status::Dead).map(|m| (m.id.clone(), m.address.clone())).collect();
+    let mut targets = Vec::new();
+    let mut rng = rand::rng();
+    if let Some(peer) = live.choose(&mut rng) {
+        targets.push(peer.clone());
+    }
+    if live.len() < FEW_PEERS {
+        let seeds: Vec<String> = node.cfg().seed_urls().into_iter().filter(|s| s != node.address()).collect();
+        if let Some(seed) = seeds.choose(&mut rng) {
+            targets.push(("seed".to_string(), seed.clone()));
+        }
+    }
+    if round_no % DEAD_PROBE_EVERY == 0 {
+        if let Some(d) = dead.choose(&mut rng) {
+            targets.push(d.clone());
+        }
+    }
+    targets.dedup_by(|a, b| a.1 == b.1);
+    for (id, address) in targets {
+        let n = node.clone();
+        node.spawn(async move {
+            if let Err(e) = exchange(&n, &id, &address).await {
+                tracing::debug!(peer = %address, error = %e, "gossip exchange failed");
+            }
+        });
+    }
+}
+
+/// One push-pull exchange with the node at `address`.
+pub async fn exchange(node: &Node, id: &str, address: &str) -> Result<(), TransportError> {
+    let msg = serde_json::to_vec(&node.gossip_message()).expect("gossip serializes");
+    let reply = node.call(Target { id, address }, Route::Gossip, Bytes::from(msg)).await?;
+    let reply: GossipMessage = serde_json::from_slice(&reply).map_err(|_| TransportError::Malformed)?;
+    if reply.partitions != node.cfg().partitions {
+        tracing::error!(peer = %address, theirs = reply.partitions, ours = node.cfg().partitions, "peer has another --partitions; ignoring it");
+        return Ok(());
+    }
+    node.apply_gossip(&reply.members);
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Replica access in one place: who holds a partition for reads, writes and
+//! purges, and "this replica's copy of a key", wherever the replica is.
+//!
+//! Every set is computed from one [`ClusterView`], so a request sees one
+//! placement throughout:
+//! - the **read set** and the owners of the **write set** are the
+//!   preference list on the placement ring (alive and suspect members);
+//! - the write set's **stand-ins** are the alive nodes past it clockwise
+//!   (this node too), in order: sloppy quorum's replacements;
+//! - the **purge set** is the preference list on the ring of every member
+//!   that has not left, dead ones included (SPEC §3: a tombstone is never
+//!   purged while one of its replicas is unreachable).
+//!
+//! The copy functions answer from local storage when the replica is this
+//! node and through the batched transport otherwise.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::cluster::ClusterView;
+use crate::node::Node;
+use crate::storage::{Record, StorageError};
+use crate::transport::wire::{self, BatchReply};
+use crate::transport::{Route, Target, TransportError};
+use crate::version::Dot;
+
+/// Why a replica could not be reached or could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// This node's storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The message got no (good) answer.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The replica is not in the cluster view.
+    #[error("{0} is not a member")]
+    UnknownMember(String),
+    /// The replica refused: it keeps no more hints.
+    #[error("the stand-in keeps no more hints")]
+    HintRefused,
+}
+
+impl ReplicaError {
+    /// Whether the operation surely did not happen on the replica.
+    pub fn not_applied(&self) -> bool {
+        match self {
+            ReplicaError::Transport(e) => e.not_delivered(),
+            ReplicaError::UnknownMember(_) | ReplicaError::HintRefused => true,
+            ReplicaError::Storage(_) => false,
+        }
+    }
+}
+
+/// Where a write for one partition goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteSet {
+    /// The preference list: the nodes that own the partition.
+    pub owners: Vec<String>,
+    /// Alive nodes past the preference list, clockwise (this node included
+    /// whatever its status): who keeps a hint for an owner that does not
+    /// answer.
+    pub standins: VecDeque<String>,
+}
+
+/// The nodes a read of `partition` asks.
+pub fn read_set(view: &ClusterView, partition: u32) -> Vec<String> {
+    view.ring().preference_list(partition).into_iter().map(str::to_string).collect()
+}
+
+/// The nodes a write of `partition` goes to, and their stand-ins.
+pub fn write_set(view: &ClusterView, partition: u32) -> WriteSet {
+    let owners = read_set(view, partition);
+    let standins = view
+        .ring()
+        .walk(partition)
+        .skip(owners.len())
+        .filter(|id| *id == view.me() || view.is_alive(id))
+        .map(str::to_string)
+        .collect();
+    WriteSet { owners, standins }
+}
+
+/// The nodes that must all hold a tombstone of `partition` before it is
+/// purged, the first of them deciding.
+pub fn purge_set(view: &ClusterView, partition: u32) -> Vec<String> {
+    view.ring_not_left().preference_list(partition).into_iter().map(str::to_string).collect()
+}
+
+fn target<'a>(view: &'a ClusterView, id: &'a str) -> Result<Target<'a>, ReplicaError> {
+    let address = view.address(id).ok_or_else(|| ReplicaError::UnknownMember(id.to_string()))?;
+    Ok(Target { id, address })
+}
+
+fn written(reply: BatchReply) -> Result<(), ReplicaError> {
+    match reply {
+        BatchReply::Written => Ok(()),
+        BatchReply::Failed(e) => Err(TransportError::Remote(e).into()),
+        BatchReply::Read(_) => Err(TransportError::Malformed.into()),
+    }
+}
+
+/// Replica `id`'s copy of `key`.
+pub async fn read(
+    node: &Node,
+    view: &ClusterView,
+    id: &str,
+    partition: u32,
+    key: &[u8],
+) -> Result<Option<Record>, ReplicaError> {
+    if id == node.id() {
+        return Ok(node.storage().get(partition, key)?);
+    }
+    match node.batch(target(view, id)?, wire::read_op(key)).await? {
+        BatchReply::Read(r) => Ok(r),
+        BatchReply::Failed(e) => Err(TransportError::Remote(e).into()),
+        BatchReply::Written => Err(TransportError::Malformed.into()),
+    }
+}
+
+/// Merges `record` into replica `id`'s copy of `key`.
+pub async fn merge(
+    node: &Node,
+    view: &ClusterView,
+    id: &str,
+    partition: u32,
+    key: &[u8],
+    record: &Record,
+) -> Result<(), ReplicaError> {
+    if id == node.id() {
+        node.storage().merge(partition, key, record)?;
+        return Ok(());
+    }
+    written(node.batch(target(view, id)?, wire::write_op(key, record)).await?)
+}
+
+/// Sends a write encoded once by [`wire::write_op`] to a remote replica.
+pub async fn send_write(node: &Node, view: &ClusterView, id: &str, op: Bytes) -> Result<(), ReplicaError> {
+    written(node.batch(target(view, id)?, op).await?)
+}
+
+/// Asks replica `id` to drop `key` if it holds exactly `dots`, all
+/// purgeable; returns whether it did.
+pub async fn purge(
+    node: &Node,
+    view: &ClusterView,
+    id: &str,
+    partition: u32,
+    key: &[u8],
+    dots: &[Dot],
+) -> Result<bool, ReplicaError> {
+    if id == node.id() {
+        // The first replica checked the grace period; here only that nothing
+        // live came in since.
+        return Ok(node.storage().purge_if(partition, key, dots, crate::clock::now_ms(), 0)?);
+    }
+    match node.batch(target(view, id)?, wire::purge_op(key, dots)).await? {
+        BatchReply::Written => Ok(true),
+        BatchReply::Failed(_) => Ok(false),
+        BatchReply::Read(_) => Err(TransportError::Malformed.into()),
+    }
+}
+
+/// Leaves `record` with stand-in `standin` as a hint for `owner`.
+pub async fn hint(
+    node: &Node,
+    view: &ClusterView,
+    standin: &str,
+    owner: &str,
+    partition: u32,
+    key: &[u8],
+    record: &Record,
+) -> Result<(), ReplicaError> {
+    if standin == node.id() {
+        return match node.storage().store_hint(owner, partition, key, record)? {
+            true => Ok(()),
+            false => Err(ReplicaError::HintRefused),
+        };
+    }
+    node.call(target(view, standin)?, Route::Hint, wire::hint_request(owner, key, record)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Membership;
+    use crate::membership::{Digest, Table};
+    use crate::ring::RingParams;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn sets_follow_the_view() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let params = RingParams { partitions: 8, vnodes: 8, replicas: 2 };
+        let m = Membership::new(Table::new("a", "http://a", 1, now), params);
+        let digests: Vec<Digest> = ["b", "c", "d"]
+            .iter()
+            .map(|id| Digest { id: id.to_string(), address: format!("http://{id}"), heartbeat: 1, left: false })
+            .collect();
+        let (_, view) = m.update(|t| t.merge(&digests, now));
+        for p in 0..8 {
+            let set = write_set(&view, p);
+            assert_eq!(set.owners, read_set(&view, p));
+            assert_eq!(set.owners.len(), 2);
+            let walk: Vec<&str> = view.ring().walk(p).collect();
+            assert_eq!(set.standins.iter().map(String::as_str).collect::<Vec<_>>(), walk[2..].to_vec());
+            assert_eq!(purge_set(&view, p), set.owners, "nobody dead: the same nodes");
+        }
+        // d goes quiet and dies: it leaves the placement ring but stays in
+        // the purge set.
+        let timeouts = crate::membership::Timeouts {
+            suspect_after: Duration::from_millis(500),
+            dead_after: Duration::from_millis(1000),
+        };
+        let (_, view) = m.update(|t| {
+            for i in 1..=30u64 {
+                let at = now + Duration::from_millis(100 * i);
+                let alive: Vec<Digest> = ["b", "c"]
+                    .iter()
+                    .map(|id| Digest {
+                        id: id.to_string(),
+                        address: format!("http://{id}"),
+                        heartbeat: 1 + i,
+                        left: false,
+                    })
+                    .collect();
+                t.merge(&alive, at);
+                t.refresh(at, timeouts);
+            }
+        });
+        assert_eq!(view.status("d"), Some(crate::membership::Status::Dead));
+        let with_d = (0..8).find(|&p| view.ring_not_left().preference_list(p).contains(&"d")).unwrap();
+        assert!(purge_set(&view, with_d).contains(&"d".to_string()));
+        assert!(!write_set(&view, with_d).owners.contains(&"d".to_string()));
+        assert!(!write_set(&view, with_d).standins.contains(&"d".to_string()));
+    }
+}

@@ -1,0 +1,143 @@
+//! What a node answers to its peers: the internal services behind
+//! [`Route`]s, independent of HTTP. `api::internal` serves them over
+//! `/internal/*` (with the body limits and the cluster secret); in-memory
+//! networks in tests call [`handle`] directly.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::valid_node_id;
+use crate::node::Node;
+use crate::storage::StorageError;
+use crate::transport::wire::{self, BatchOp, BatchReply, GossipMessage, HintRequest};
+use crate::transport::Route;
+
+/// Most members a gossip message may list.
+pub const MAX_MEMBERS: usize = 10_000;
+
+/// Why an internal request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// The body does not decode or is not acceptable.
+    #[error("{0}")]
+    InvalidBody(String),
+    /// This stand-in keeps no more hints.
+    #[error("hint backlog full")]
+    HintBacklogFull,
+    /// Local storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Serves one internal request.
+pub async fn handle(node: &Arc<Node>, route: Route, body: &[u8]) -> Result<Bytes, RpcError> {
+    match route {
+        Route::Gossip => gossip(node, body),
+        Route::Batch => batch(node, body).await,
+        Route::Hint => hint(node, body).await.map(|()| Bytes::new()),
+    }
+}
+
+/// A gossip exchange: merge the sender's table, answer with ours (JSON).
+pub fn gossip(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
+    let msg: GossipMessage =
+        serde_json::from_slice(body).map_err(|e| RpcError::InvalidBody(format!("invalid gossip JSON: {e}")))?;
+    if msg.partitions != node.cfg().partitions {
+        return Err(RpcError::InvalidBody(format!(
+            "sender has --partitions {}, this node {}; Q must match cluster-wide",
+            msg.partitions,
+            node.cfg().partitions
+        )));
+    }
+    if msg.members.len() > MAX_MEMBERS {
+        return Err(RpcError::InvalidBody("too many members".into()));
+    }
+    for m in &msg.members {
+        let url_ok = m.address.starts_with("http://") || m.address.starts_with("https://");
+        if !valid_node_id(&m.id) || !url_ok || m.address.len() > 512 {
+            return Err(RpcError::InvalidBody(format!("invalid member entry {:?}", m.id)));
+        }
+    }
+    node.apply_gossip(&msg.members);
+    Ok(Bytes::from(serde_json::to_vec(&node.gossip_message()).expect("gossip serializes")))
+}
+
+/// Replica reads, writes and purges, answered in order. One flush covers
+/// every write of the batch when `--sync-writes` is on.
+pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
+    let ops: Vec<BatchOp> = decode(body)?;
+    let storage = node.storage();
+    let q = node.cfg().partitions;
+    let partition_of = |key: &[u8]| crate::ring::partition_of(key, q);
+    let mut replies = Vec::with_capacity(ops.len());
+    let mut wrote = false;
+    for op in &ops {
+        let reply = match op {
+            BatchOp::Read { key } if key_ok(node, key) => match storage.get(partition_of(key), key) {
+                Ok(r) => BatchReply::Read(r),
+                Err(e) => BatchReply::Failed(e.to_string()),
+            },
+            BatchOp::Write { key, record } if key_ok(node, key) => {
+                match storage.merge(partition_of(key), key, record) {
+                    Ok(_) => {
+                        wrote = true;
+                        BatchReply::Written
+                    }
+                    Err(e) => BatchReply::Failed(e.to_string()),
+                }
+            }
+            BatchOp::Purge { key, dots } if key_ok(node, key) => {
+                // The first replica checked the grace period; here only that
+                // nothing live came in since.
+                match storage.purge_if(partition_of(key), key, dots, crate::clock::now_ms(), 0) {
+                    Ok(true) => {
+                        wrote = true;
+                        BatchReply::Written
+                    }
+                    Ok(false) => BatchReply::Failed("changed since".into()),
+                    Err(e) => BatchReply::Failed(e.to_string()),
+                }
+            }
+            _ => BatchReply::Failed("invalid key".into()),
+        };
+        replies.push(reply);
+    }
+    if wrote {
+        if let Err(e) = storage.durable().await {
+            let msg = e.to_string();
+            for r in replies.iter_mut().filter(|r| **r == BatchReply::Written) {
+                *r = BatchReply::Failed(msg.clone());
+            }
+        }
+    }
+    Ok(Bytes::from(wire::encode(&replies)))
+}
+
+/// Keeps a write for an unreachable owner.
+pub async fn hint(node: &Node, body: &[u8]) -> Result<(), RpcError> {
+    let req: HintRequest = decode(body)?;
+    if !key_ok(node, &req.key) {
+        return Err(RpcError::InvalidBody("invalid key".into()));
+    }
+    if !valid_node_id(&req.owner) {
+        return Err(RpcError::InvalidBody("invalid owner id".into()));
+    }
+    let partition = crate::ring::partition_of(&req.key, node.cfg().partitions);
+    let storage = node.storage();
+    if !storage.store_hint(&req.owner, partition, &req.key, &req.record)? {
+        return Err(RpcError::HintBacklogFull);
+    }
+    storage.durable().await?;
+    node.metrics().hints_stored.inc();
+    node.metrics().hints_pending.set(storage.hints_pending() as i64);
+    Ok(())
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, RpcError> {
+    wire::decode(body).ok_or_else(|| RpcError::InvalidBody("body is not a dynakv internal message".into()))
+}
+
+fn key_ok(node: &Node, key: &[u8]) -> bool {
+    !key.is_empty() && key.len() as u64 <= node.cfg().max_key_bytes && std::str::from_utf8(key).is_ok()
+}

@@ -1,0 +1,145 @@
+//! Wiring: the only module that sees both the HTTP edge and the background
+//! work. [`start`] opens a node on a bound listener; [`run`] builds the
+//! router, starts the workers, serves until the shutdown future resolves (or
+//! the node is asked to leave), and shuts down.
+//!
+//! Shutdown (SIGTERM, Ctrl-C, `POST /cluster/leave`, or the future in tests):
+//! stop accepting and let in-flight requests finish (bounded by
+//! [`DRAIN_TIMEOUT`]); stop the workers and wait for every tracked task
+//! (replication tails, read repairs, exchanges), bounded too; when leaving,
+//! hand everything off (bounded by [`LEAVE_TIMEOUT`]); close the peer queues;
+//! flush sled. So a graceful stop never loses an acknowledged write,
+//! whatever `--sync-writes` says.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::node::{Node, OpenError};
+use crate::storage::StorageError;
+use crate::transport::http::HttpTransport;
+
+/// How long a graceful shutdown waits for in-flight requests, and then for
+/// background tasks.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a leaving node may spend handing its data off.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A failure to start or to serve.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration or the data dir could not be used.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+    /// The final flush failed.
+    #[error(transparent)]
+    Flush(#[from] StorageError),
+}
+
+/// Opens a node for `cfg` (peers over HTTP), binds its listen address and
+/// serves until `shutdown` resolves.
+pub async fn start(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let listen = cfg.listen;
+    let transport = HttpTransport::new(Duration::from_millis(cfg.request_timeout_ms), cfg.cluster_secret.clone());
+    let node = Node::open(cfg, Arc::new(transport))?;
+    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
+    run(node, listener, shutdown).await
+}
+
+/// Starts every background worker of `node`.
+pub fn spawn_workers(node: &Arc<Node>) {
+    node.spawn_worker(crate::gossip::Gossip::new(node.clone()));
+    node.spawn_worker(crate::handoff::HintDelivery::new(node.clone()));
+    node.spawn_worker(crate::reaper::Expiry::new(node.clone()));
+    node.spawn_worker(crate::reaper::Tombstones::new(node.clone()));
+}
+
+/// Serves `node` on `listener` until `shutdown` resolves or the node is asked
+/// to leave, then shuts down as the module docs say.
+pub async fn run(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    spawn_workers(&node);
+    let app = crate::api::router(node.clone());
+    let stop = CancellationToken::new();
+    let stop_serving = stop.clone();
+    let leave = node.leave_requested().clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown => {},
+            _ = leave.cancelled() => {},
+        }
+        stop_serving.cancel();
+    });
+    let graceful = stop.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
+    tracing::info!(node_id = %node.id(), address = %node.address(), "dynakv serving");
+    let served = tokio::spawn(async move { server.await });
+    stop.cancelled().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    match tokio::time::timeout(DRAIN_TIMEOUT, served).await {
+        Ok(Ok(Err(e))) => return Err(StartError::Serve(e)),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("in-flight requests still running after {DRAIN_TIMEOUT:?}; closing anyway"),
+    }
+    if !node.stop_tasks(DRAIN_TIMEOUT).await {
+        tracing::warn!("background tasks still running after {DRAIN_TIMEOUT:?}; closing anyway");
+    }
+    // After the workers stopped, so no heartbeat revives us as alive.
+    if node.leave_requested().is_cancelled()
+        && tokio::time::timeout(LEAVE_TIMEOUT, crate::handoff::leave(&node)).await.is_err()
+    {
+        tracing::error!(
+            "hand-off not finished within {LEAVE_TIMEOUT:?}; anti-entropy on the new owners will complete it"
+        );
+    }
+    node.close_transport(DRAIN_TIMEOUT).await;
+    node.storage().flush().await?;
+    tracing::info!("stopped; data flushed");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal that arrives
+/// while the server starts is not lost to the default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
+        async move {
+            tokio::select! {
+                _ = recv(term.as_mut()) => {},
+                _ = recv(int.as_mut()) => {},
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Waits for one delivery of a signal (forever if it could not be installed).
+#[cfg(unix)]
+async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}

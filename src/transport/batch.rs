@@ -1,0 +1,184 @@
+//! Replica traffic batching: per peer, replica reads, writes and purges queue
+//! up and travel together in one [`Route::Batch`] call.
+//!
+//! Each peer gets a sender task. It takes whatever is queued (at most
+//! [`MAX_BATCH`] operations or [`MAX_BATCH_BYTES`]) and sends it; while
+//! [`IN_FLIGHT`] batches to that peer are in the air, new operations wait and
+//! form the next batch (group commit for the network: the batch grows with
+//! load and with the peer's latency, flush time included). An idle cluster
+//! therefore sends every operation at once, alone, and a busy one sends
+//! fewer, larger requests: on loopback, per-request overhead (syscalls, HTTP
+//! framing, task switches) was most of a replica write's cost.
+//!
+//! Sender tasks run under the batcher's own tracker and token, cancelled
+//! last at shutdown (after the leave hand-off, which needs them). A failed
+//! batch hands its [`TransportError`] to every operation in it, kind intact.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::wire::{self, BatchReply};
+use super::{Route, Target, Transport, TransportError};
+
+/// Most operations in one batch.
+pub const MAX_BATCH: usize = 256;
+/// A batch stops growing past this many bytes (one larger operation still
+/// travels, alone).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Batches in the air to one peer at once. One measured 5-10 % faster than
+/// two on the benchmark machine (bench/NOTES.md); the batch grows instead.
+pub const IN_FLIGHT: usize = 1;
+/// Operations that may wait for one peer before callers wait to enqueue.
+const QUEUE: usize = 4096;
+
+struct Job {
+    op: Bytes,
+    reply: oneshot::Sender<Result<BatchReply, TransportError>>,
+}
+
+/// Per-peer queues over a [`Transport`].
+pub struct Batcher {
+    transport: Arc<dyn Transport>,
+    timeout: Duration,
+    queues: Mutex<HashMap<(String, String), mpsc::Sender<Job>>>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Batcher {
+    /// Batches over `transport`, each call bounded by `timeout`.
+    pub fn new(transport: Arc<dyn Transport>, timeout: Duration) -> Self {
+        Self {
+            transport,
+            timeout,
+            queues: Mutex::default(),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Queues one encoded operation for `to` and waits for its reply.
+    pub async fn call(&self, to: Target<'_>, op: Bytes) -> Result<BatchReply, TransportError> {
+        if self.cancel.is_cancelled() {
+            return Err(TransportError::Closed);
+        }
+        let tx = {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let slot = (to.id.to_string(), to.address.to_string());
+            match queues.get(&slot) {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    let sender = Sender {
+                        transport: self.transport.clone(),
+                        timeout: self.timeout,
+                        id: slot.0.clone(),
+                        address: slot.1.clone(),
+                    };
+                    self.tasks.spawn(sender.run(rx, self.cancel.clone()));
+                    queues.insert(slot, tx.clone());
+                    tx
+                }
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        tx.send(Job { op, reply }).await.map_err(|_| TransportError::Closed)?;
+        answer.await.map_err(|_| TransportError::Closed)?
+    }
+
+    /// Stops every sender (queued operations answer [`TransportError::Closed`])
+    /// and waits up to `deadline` for batches in the air.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(deadline, self.tasks.wait()).await;
+    }
+}
+
+/// The sender task of one peer.
+struct Sender {
+    transport: Arc<dyn Transport>,
+    timeout: Duration,
+    id: String,
+    address: String,
+}
+
+impl Sender {
+    async fn run(self, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
+        let me = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+        let inflight = TaskTracker::new();
+        let mut carry: Option<Job> = None;
+        loop {
+            let first = match carry.take() {
+                Some(j) => j,
+                None => tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    j = rx.recv() => match j {
+                        Some(j) => j,
+                        None => break,
+                    },
+                },
+            };
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => break,
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            // Everything that queued while we waited for a free slot goes along.
+            let mut bytes = first.op.len();
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) if bytes + j.op.len() > MAX_BATCH_BYTES => {
+                        carry = Some(j);
+                        break;
+                    }
+                    Ok(j) => {
+                        bytes += j.op.len();
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let me = me.clone();
+            inflight.spawn(async move {
+                let _permit = permit;
+                me.send(jobs).await;
+            });
+        }
+        // Batches already in the air finish (each bounded by the timeout);
+        // queued ones are dropped, which answers their callers `Closed`.
+        inflight.close();
+        inflight.wait().await;
+    }
+
+    async fn send(&self, jobs: Vec<Job>) {
+        let ops: Vec<Bytes> = jobs.iter().map(|j| j.op.clone()).collect();
+        let to = Target { id: &self.id, address: &self.address };
+        let result = self.transport.call(to, Route::Batch, wire::batch_body(&ops), self.timeout).await;
+        let replies = result.and_then(|b| wire::decode::<Vec<BatchReply>>(&b).ok_or(TransportError::Malformed));
+        match replies {
+            Ok(replies) if replies.len() == jobs.len() => {
+                for (job, reply) in jobs.into_iter().zip(replies) {
+                    let _ = job.reply.send(Ok(reply));
+                }
+            }
+            Ok(_) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(TransportError::Malformed));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The messages nodes exchange, and their encodings.
+//!
+//! Gossip is JSON (small, and readable in a capture). Everything carrying
+//! sibling sets with binary values is `FORMAT (1 byte) | postcard(message)`:
+//! hints, and batches of replica operations, whose body is
+//! `FORMAT | postcard(Vec<BatchOp>)` answered by
+//! `FORMAT | postcard(Vec<BatchReply>)`, one reply per operation, in order.
+//! Operations are encoded once by the caller ([`read_op`], [`write_op`],
+//! [`purge_op`]) and a batch body is the count as a varint followed by the
+//! encoded operations, which is exactly postcard's encoding of the `Vec`.
+//! Golden vectors in the tests pin these bytes: a format change is a
+//! deliberate act.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::membership::Digest;
+use crate::storage::Record;
+use crate::version::Dot;
+
+/// The leading byte of every binary message.
+pub const FORMAT: u8 = 1;
+
+/// One gossip exchange, either direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipMessage {
+    /// Sender's node id.
+    pub from: String,
+    /// Sender's Q: nodes with different Q must not form a cluster.
+    pub partitions: u32,
+    /// Everything the sender knows.
+    pub members: Vec<Digest>,
+}
+
+/// Ask a stand-in to keep a write for an unreachable owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintRequest {
+    /// The intended owner's node id.
+    pub owner: String,
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The state to deliver.
+    pub record: Record,
+}
+
+/// [`HintRequest`] by reference: identical bytes without cloning.
+#[derive(Serialize)]
+struct HintRequestRef<'a> {
+    owner: &'a str,
+    #[serde(with = "serde_bytes")]
+    key: &'a [u8],
+    record: &'a Record,
+}
+
+/// One replica operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOp {
+    /// This node's record of a key.
+    Read {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Merge a sibling set into this node's copy.
+    Write {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The state to merge.
+        record: Record,
+    },
+    /// Drop the key if this node holds exactly these versions (tombstones
+    /// every replica holds; sent by the key's first replica).
+    Purge {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The versions purged.
+        dots: Vec<Dot>,
+    },
+}
+
+/// [`BatchOp`] by reference: identical bytes without cloning.
+#[derive(Serialize)]
+enum BatchOpRef<'a> {
+    Read {
+        #[serde(with = "serde_bytes")]
+        key: &'a [u8],
+    },
+    Write {
+        #[serde(with = "serde_bytes")]
+        key: &'a [u8],
+        record: &'a Record,
+    },
+    Purge {
+        #[serde(with = "serde_bytes")]
+        key: &'a [u8],
+        dots: &'a [Dot],
+    },
+}
+
+/// The answer to one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchReply {
+    /// The record read (`None`: the key is unknown here).
+    Read(Option<Record>),
+    /// Merged (or purged) and as durable as this node promises.
+    Written,
+    /// The operation failed on the peer.
+    Failed(String),
+}
+
+/// Encodes a binary message.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT];
+    // Serializing plain data into a Vec cannot fail.
+    out.extend(postcard::to_allocvec(msg).expect("plain data serializes"));
+    out
+}
+
+/// Decodes a binary message; `None` for anything malformed.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {
+    match bytes.split_first() {
+        Some((&FORMAT, rest)) => postcard::from_bytes(rest).ok(),
+        _ => None,
+    }
+}
+
+/// Encodes a hint for a stand-in.
+pub fn hint_request(owner: &str, key: &[u8], record: &Record) -> Bytes {
+    Bytes::from(encode(&HintRequestRef { owner, key, record }))
+}
+
+/// Encodes a replica read for a batch.
+pub fn read_op(key: &[u8]) -> Bytes {
+    Bytes::from(postcard::to_allocvec(&BatchOpRef::Read { key }).expect("plain data serializes"))
+}
+
+/// Encodes a replica write for a batch; encode once, send to many.
+pub fn write_op(key: &[u8], record: &Record) -> Bytes {
+    Bytes::from(postcard::to_allocvec(&BatchOpRef::Write { key, record }).expect("plain data serializes"))
+}
+
+/// Encodes a purge for a batch.
+pub fn purge_op(key: &[u8], dots: &[Dot]) -> Bytes {
+    Bytes::from(postcard::to_allocvec(&BatchOpRef::Purge { key, dots }).expect("plain data serializes"))
+}
+
+/// Builds a batch body from encoded operations.
+pub fn batch_body(ops: &[Bytes]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(11 + ops.iter().map(Bytes::len).sum::<usize>());
+    buf.put_u8(FORMAT);
+    let mut n = ops.len() as u64;
+    while n >= 0x80 {
+        buf.put_u8((n as u8) | 0x80);
+        n >>= 7;
+    }
+    buf.put_u8(n as u8);
+    for op in ops {
+        buf.put_slice(op);
+    }
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Content;
+    use crate::version::Context;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A fixed two-sibling record: one value from `a`, one tombstone from `b`.
+    pub(crate) fn golden_record() -> Record {
+        let rec = Record::new();
+        let ctx = Context::new();
+        let value = Content {
+            value: b"hi".to_vec(),
+            content_type: "text/plain".into(),
+            timestamp_ms: 1_700_000_000_000,
+            expires_at_ms: Some(1_700_000_060_000),
+            deleted: false,
+        };
+        let rec = rec.update(&ctx, rec.next_dot(&ctx, "a", 0), value);
+        let tomb = Content {
+            value: Vec::new(),
+            content_type: String::new(),
+            timestamp_ms: 1_700_000_000_001,
+            expires_at_ms: None,
+            deleted: true,
+        };
+        rec.update(&ctx, rec.next_dot(&ctx, "b", 6), tomb)
+    }
+
+    #[test]
+    fn a_body_of_encoded_ops_is_the_postcard_vec() {
+        let rec = golden_record();
+        let owned = [BatchOp::Read { key: b"r".to_vec() }, BatchOp::Write { key: b"w".to_vec(), record: rec.clone() }];
+        // 200 ops: the count needs a two-byte varint.
+        let mut many = Vec::new();
+        let mut encoded = Vec::new();
+        for i in 0..200 {
+            many.push(owned[i % 2].clone());
+            encoded.push(if i % 2 == 0 { read_op(b"r") } else { write_op(b"w", &rec) });
+        }
+        assert_eq!(batch_body(&encoded).as_ref(), encode(&many).as_slice());
+        assert_eq!(decode::<Vec<BatchOp>>(&batch_body(&encoded)), Some(many));
+    }
+
+    #[test]
+    fn garbage_is_none_and_hints_encode_by_reference() {
+        assert_eq!(decode::<HintRequest>(b""), None);
+        assert_eq!(decode::<HintRequest>(b"\x02abc"), None);
+        assert_eq!(decode::<HintRequest>(b"\x01\xff\xff\xff\xff\xff"), None);
+        let rec = golden_record();
+        let hint = HintRequest { owner: "o".into(), key: b"k".to_vec(), record: rec.clone() };
+        assert_eq!(decode::<HintRequest>(&hint_request("o", b"k", &rec)), Some(hint));
+    }
+
+    /// Golden vectors: the exact bytes of a batch (a read, a write, a purge)
+    /// and of its replies. A change here breaks mixed-version clusters.
+    #[test]
+    fn golden_batch_bytes() {
+        let rec = golden_record();
+        let dots = [Dot { node: "a".into(), counter: 1 }];
+        let body = batch_body(&[read_op(b"k"), write_op(b"k", &rec), purge_op(b"k", &dots)]);
+        assert_eq!(hex(&body), GOLDEN_BATCH);
+        let replies = encode(&vec![BatchReply::Read(None), BatchReply::Written, BatchReply::Failed("no".into())]);
+        assert_eq!(hex(&replies), "010300000102026e6f");
+        assert_eq!(hex(&hint_request("o", b"k", &Record::new())), "01016f016b00");
+    }
+
+    const GOLDEN_BATCH: &str = "010300016b01016b0201610100000268690a746578742f706c61696e80d095ffbc3101e0a499ffbc31000162070000000081d095ffbc31000102016b01016101";
+}
