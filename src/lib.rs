@@ -49,6 +49,7 @@ pub mod gossip;
 pub mod handoff;
 pub mod harness;
 pub mod membership;
+pub mod merkle;
 pub mod metrics;
 pub mod node;
 pub mod reaper;

@@ -113,7 +113,13 @@ pub async fn tombstone_round(node: &Node, now: u64) -> Result<u64, StorageError>
     let view = node.view();
     let mut purged = 0;
     for due in due {
-        let Some(local) = storage.get(due.partition, &due.key)? else {
+        let local = match storage.get(due.partition, &due.key)? {
+            // Gone, or already purged down to its marker.
+            None => None,
+            Some(rec) if rec.is_empty() => None,
+            some => some,
+        };
+        let Some(local) = local else {
             storage.done(true, &due)?;
             continue;
         };
@@ -149,8 +155,10 @@ pub async fn tombstone_round(node: &Node, now: u64) -> Result<u64, StorageError>
     Ok(purged)
 }
 
-/// Whether every other replica in `set` answers holding exactly `local`'s
-/// versions.
+/// Whether every other replica in `set` answers holding `local`'s versions
+/// and nothing else: each of its versions is one of ours and it has seen
+/// every one of ours (a replica that already purged them, holding only the
+/// marker, counts).
 async fn every_replica_holds(
     node: &Node,
     view: &ClusterView,
@@ -162,8 +170,9 @@ async fn every_replica_holds(
     for id in set.iter().filter(|id| *id != node.id()) {
         match replica::read(node, view, id, partition, key).await {
             Ok(Some(theirs)) => {
-                let same = theirs.len() == local.len()
-                    && local.values().iter().all(|v| theirs.values().iter().any(|t| t.dot == v.dot));
+                let seen = theirs.context();
+                let same = theirs.values().iter().all(|t| local.values().iter().any(|v| v.dot == t.dot))
+                    && local.values().iter().all(|v| seen.covers(&v.dot));
                 if !same {
                     return false;
                 }

@@ -2,13 +2,21 @@
 //!
 //! `FORMAT (1 byte) | postcard(Siblings<Content>)`. The leading byte lets a
 //! later release read older records; an unknown one is a clear error rather
-//! than a misread.
+//! than a misread. Format 2 added the purged context (purge markers);
+//! format 1 records (versions only) still decode, with nothing purged.
 
 use serde::{Deserialize, Serialize};
 
-use crate::version::Siblings;
+use crate::version::{Context, Siblings, Version};
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// Versions only, before purge markers.
+const FORMAT_1: u8 = 1;
+
+#[derive(Deserialize)]
+struct RecordV1 {
+    versions: Vec<Version<Content>>,
+}
 
 /// A value (or tombstone) with the metadata SPEC §4 asks every version to carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +71,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     match bytes.split_first() {
         None => Err(RecordError::Empty),
         Some((&FORMAT, rest)) => Ok(postcard::from_bytes(rest)?),
+        Some((&FORMAT_1, rest)) => {
+            let v1: RecordV1 = postcard::from_bytes(rest)?;
+            Ok(Siblings::from_parts(v1.versions, Context::new()))
+        }
         Some((&other, _)) => Err(RecordError::UnknownFormat(other)),
     }
 }
@@ -135,11 +147,25 @@ mod tests {
         let hex: String = encode(&rec).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,
-            "01020161010000026869\
+            "02020161010000026869\
              0a746578742f706c61696e80d095ffbc3101e0a499ffbc3100016207000000\
-             0081d095ffbc310001"
+             0081d095ffbc3100010000"
         );
         assert_eq!(decode(&encode(&rec)).unwrap(), rec);
+        // Its purge marker: no versions, the context of both (a:1, b:7 in
+        // the vector; the gap b:1..6 is not claimed, so b:7 sits in the cloud).
+        let marker: String = encode(&rec.purge()).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(marker, "02000101610101016207");
+    }
+
+    #[test]
+    fn format_1_records_still_decode() {
+        // A format 1 record: one version (dot a:1, empty context, "hi").
+        let v1 = [1u8, 1, 1, b'a', 1, 0, 0, 2, b'h', b'i', 0, 5, 0, 0];
+        let rec = decode(&v1).unwrap();
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec.values()[0].payload.value, b"hi");
+        assert!(rec.purged().is_empty());
     }
 
     #[test]

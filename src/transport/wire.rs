@@ -230,8 +230,8 @@ mod tests {
         assert_eq!(hex(&body), GOLDEN_BATCH);
         let replies = encode(&vec![BatchReply::Read(None), BatchReply::Written, BatchReply::Failed("no".into())]);
         assert_eq!(hex(&replies), "010300000102026e6f");
-        assert_eq!(hex(&hint_request("o", b"k", &Record::new())), "01016f016b00");
+        assert_eq!(hex(&hint_request("o", b"k", &Record::new())), "01016f016b000000");
     }
 
-    const GOLDEN_BATCH: &str = "010300016b01016b0201610100000268690a746578742f706c61696e80d095ffbc3101e0a499ffbc31000162070000000081d095ffbc31000102016b01016101";
+    const GOLDEN_BATCH: &str = "010300016b01016b0201610100000268690a746578742f706c61696e80d095ffbc3101e0a499ffbc31000162070000000081d095ffbc310001000002016b01016101";
 }

@@ -10,7 +10,15 @@
 //!
 //! Invariant kept by `update` and `sync` (and restored by `reconcile`): no
 //! version's dot is covered by another version's clock, so every stored
-//! version is concurrent with every other one. Because each write gets its own
+//! version is concurrent with every other one.
+//!
+//! A set also remembers what was deleted and purged from it ([`Siblings::purged`]):
+//! when every replica held a key's tombstones past their grace period, the
+//! tombstones go and only their causal context stays, so a stale copy of a
+//! deleted version arriving later (a late hint, a returning node,
+//! anti-entropy from a node that missed the purge) is recognised as seen and
+//! dropped by `sync`. A set with no versions and a non-empty `purged` is a
+//! purge marker. Because each write gets its own
 //! dot, k writers racing with one stale context leave at most k siblings, where
 //! plain per-value vector clocks would create false siblings.
 //!
@@ -172,6 +180,18 @@ impl Context {
         self.vv.covers(dot) || self.cloud.binary_search(dot).is_ok()
     }
 
+    /// Whether this context has seen every dot `other` has.
+    pub fn covers_all(&self, other: &Context) -> bool {
+        let vector_ok = other.vv.entries().all(|(node, c)| {
+            let mine = self.vv.get(node);
+            mine >= c
+                || (c - mine <= self.cloud.len() as u64
+                    && (mine + 1..=c)
+                        .all(|k| self.cloud.binary_search(&Dot { node: node.to_string(), counter: k }).is_ok()))
+        });
+        vector_ok && other.cloud.iter().all(|d| self.covers(d))
+    }
+
     /// The highest counter of `node` seen, in the vector or the cloud.
     pub fn max_of(&self, node: &str) -> u64 {
         let cloud = self.cloud.iter().filter(|d| d.node == node).map(|d| d.counter).max().unwrap_or(0);
@@ -278,15 +298,17 @@ impl<T> Version<T> {
     }
 }
 
-/// The concurrent versions of one key (a dotted version vector set).
+/// The concurrent versions of one key (a dotted version vector set), and
+/// the context of what was purged from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Siblings<T> {
     versions: Vec<Version<T>>,
+    purged: Context,
 }
 
 impl<T> Default for Siblings<T> {
     fn default() -> Self {
-        Self { versions: Vec::new() }
+        Self { versions: Vec::new(), purged: Context::new() }
     }
 }
 
@@ -298,7 +320,33 @@ impl<T: Clone> Siblings<T> {
 
     /// Builds a set from arbitrary versions, dropping dominated ones.
     pub fn from_versions(versions: Vec<Version<T>>) -> Self {
-        Self { versions: reconcile(versions) }
+        Self { versions: reconcile(versions), purged: Context::new() }
+    }
+
+    /// Builds a set from versions and the context of what was purged,
+    /// dropping dominated versions and any version the purge covers.
+    pub fn from_parts(versions: Vec<Version<T>>, purged: Context) -> Self {
+        let mut versions = reconcile(versions);
+        versions.retain(|v| !purged.covers(&v.dot));
+        Self { versions, purged }
+    }
+
+    /// The context of every version deleted and purged from this key: such
+    /// versions, arriving again, are dropped.
+    pub fn purged(&self) -> &Context {
+        &self.purged
+    }
+
+    /// The purge marker of this set: no versions, and everything they and
+    /// this set had seen remembered as purged.
+    pub fn purge(&self) -> Self {
+        Self { versions: Vec::new(), purged: self.context() }
+    }
+
+    /// Keeps only what was purged (drops every version, remembers nothing
+    /// new): what is left when a record's versions all expire.
+    pub fn only_purged(&self) -> Self {
+        Self { versions: Vec::new(), purged: self.purged.clone() }
     }
 
     /// The stored versions, in dot order.
@@ -322,9 +370,10 @@ impl<T: Clone> Siblings<T> {
     }
 
     /// The causal context of the whole set: the join of every version's
-    /// history. A write carrying this context supersedes every version here.
+    /// history and of what was purged. A write carrying this context
+    /// supersedes every version here.
     pub fn context(&self) -> Context {
-        let mut ctx = Context::new();
+        let mut ctx = self.purged.clone();
         for v in &self.versions {
             ctx.join(&v.context);
             ctx.add(v.dot.clone());
@@ -347,13 +396,13 @@ impl<T: Clone> Siblings<T> {
         let mut versions: Vec<Version<T>> = self.versions.iter().filter(|v| !ctx.covers(&v.dot)).cloned().collect();
         versions.push(Version { dot, context: ctx.clone(), payload });
         versions.sort_by(|a, b| a.dot.cmp(&b.dot));
-        Self { versions }
+        Self { versions, purged: self.purged.clone() }
     }
 
     /// Merges two replicas' sets: a version survives if both hold it, or if
-    /// the other side has never seen its dot. Commutative, associative and
-    /// idempotent (up to payloads of equal dots, which are equal by
-    /// construction).
+    /// the other side has never seen its dot, and never if either side
+    /// purged it. Commutative, associative and idempotent (up to payloads of
+    /// equal dots, which are equal by construction).
     pub fn sync(&self, other: &Self) -> Self {
         let mine = self.context();
         let theirs = other.context();
@@ -361,7 +410,9 @@ impl<T: Clone> Siblings<T> {
         let mut versions: Vec<Version<T>> =
             self.versions.iter().filter(|v| has(other, &v.dot) || !theirs.covers(&v.dot)).cloned().collect();
         versions.extend(other.versions.iter().filter(|v| !has(self, &v.dot) && !mine.covers(&v.dot)).cloned());
-        Self::from_versions(versions)
+        let mut purged = self.purged.clone();
+        purged.join(&other.purged);
+        Self::from_parts(versions, purged)
     }
 
     /// Keeps only the versions for which `keep` is true (used to purge expired

@@ -16,12 +16,15 @@ enum Op {
     Write { at: usize, ctx: Option<usize> },
     /// Replica `to` merges replica `from`'s state.
     Sync { from: usize, to: usize },
+    /// Replica `at` purges what it holds (keeps only the context).
+    Purge { at: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0..3usize, proptest::option::of(0..64usize)).prop_map(|(at, ctx)| Op::Write { at, ctx }),
         (0..3usize, 0..3usize).prop_map(|(from, to)| Op::Sync { from, to }),
+        (0..3usize).prop_map(|at| Op::Purge { at }),
     ]
 }
 
@@ -43,6 +46,10 @@ fn run(ops: &[Op]) -> Vec<Set> {
             Op::Sync { from, to } => {
                 replicas[to] = replicas[to].sync(&replicas[from]);
                 seen.push(replicas[to].clone());
+            }
+            Op::Purge { at } => {
+                replicas[at] = replicas[at].purge();
+                seen.push(replicas[at].clone());
             }
         }
     }
@@ -161,6 +168,42 @@ proptest! {
         let _ = a.update(&ctx, dot, 5);
         prop_assert_eq!(a, before);
     }
+}
+
+proptest! {
+    /// Once purged, a version never comes back through a merge, whatever
+    /// stale copy arrives and in whatever order.
+    #[test]
+    fn a_purged_version_never_returns((a, b, c) in states()) {
+        let marker = a.purge();
+        let merged = marker.sync(&b).sync(&c).sync(&a);
+        for v in a.values() {
+            prop_assert!(!merged.values().iter().any(|m| m.dot == v.dot), "{:?} came back", v.dot);
+        }
+        prop_assert!(merged.context().covers_all(&a.context()));
+    }
+}
+
+/// The late-hint story: a value written while one replica was away, deleted,
+/// the tombstone purged everywhere; the old value arriving afterwards stays
+/// gone, and a new write supersedes the marker.
+#[test]
+fn a_late_copy_of_a_deleted_value_stays_deleted() {
+    let s = Set::new();
+    let ctx = Context::new();
+    let v1 = s.update(&ctx, s.next_dot(&ctx, "a", 0), 1);
+    let ctx = v1.context();
+    let tomb = v1.update(&ctx, v1.next_dot(&ctx, "b", 0), 0);
+    let marker = tomb.purge();
+    assert!(marker.is_empty());
+    assert!(marker.sync(&v1).is_empty(), "the late copy is dropped");
+    assert!(v1.sync(&marker).is_empty());
+    assert_eq!(marker.sync(&v1), marker);
+    let ctx = marker.context();
+    let v2 = marker.update(&ctx, marker.next_dot(&ctx, "a", 0), 2);
+    let merged = v2.sync(&v1).sync(&tomb);
+    assert_eq!(merged.len(), 1);
+    assert_eq!(merged.values()[0].payload, 2);
 }
 
 #[test]

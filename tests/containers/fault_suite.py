@@ -17,9 +17,11 @@ name, drives it from the host over HTTP and injects faults with the docker CLI:
   wipe       stop a node, delete its volume, start it again with the same node
              id: once ready it holds every key it replicates, and new writes
              through it are not mistaken for old ones.
-  scale      add node4 (docker-compose.node4.yml), then make it leave with
-             POST /cluster/leave (401 without the cluster secret): it exits 0,
-             stays stopped, and every key stays readable.
+  scale      add node4 (docker-compose.node4.yml): every key stays readable
+             through it; then make it leave (401 without the cluster secret;
+             then the Kubernetes preStop command, dynakv-leave --only-if, first
+             unmarked: nothing happens, then marked: POST /cluster/leave): it
+             exits 0, stays stopped, and every key stays readable.
 
 Every write acknowledged with a 2xx must be readable afterwards with its value
 (read with r=all through every node); the suite counts writes attempted,
@@ -334,6 +336,7 @@ class Counts:
         self.other = 0  # any other status
         self.lost = 0
         self.acked_values = {}  # key -> value
+        self.acked_log = []  # (phase, port, key) in ack order
         self.phase_acks = {}
         self.phase = "start"
 
@@ -397,6 +400,7 @@ class Load:
                 if 200 <= status < 300:
                     self.counts.acked += 1
                     self.counts.acked_values[key] = value
+                    self.counts.acked_log.append((self.counts.phase, port, key))
                     ph = self.counts.phase
                     self.counts.phase_acks[ph] = self.counts.phase_acks.get(ph, 0) + 1
                 elif status == 503:
@@ -533,7 +537,7 @@ class Suite:
         load = Load(c, f"{name}-{secrets.token_hex(3)}", NODES)
         load.start()
         try:
-            poll("the first acknowledged writes", 10, lambda: load.counts.acked >= 20)
+            poll("the first acknowledged writes", 10, lambda: load.counts.acked >= 200)
             load.set_phase("fault")
             log(f"{name}: injecting the fault into {victim} after {load.counts.acked} acks")
             inject(c.cid(victim))
@@ -558,6 +562,16 @@ class Suite:
             counts.add(load.counts)
             counts.acked_values = dict(load.counts.acked_values)
             log(f"{name}: acks by phase {load.counts.phase_acks}")
+        # The last writes the victim coordinated before the fault (for a kill,
+        # possibly not yet flushed there), overwritten through it now: a node
+        # must never reuse a dot it issued before, or the new value would look
+        # like the old one and be dropped.
+        victim_port = c.port[victim]
+        recent = [k for ph, p, k in load.counts.acked_log if ph == "start" and p == victim_port][-100:]
+        again = put_all(c, victim, {k: f"{k}:overwritten-after-{name}" for k in recent}, w="quorum")
+        counts.add(again)
+        counts.acked_values.update(again.acked_values)
+        log(f"{name}: overwrote {again.acked}/{len(recent)} keys through {victim} that it had coordinated before the fault")
         check(load.counts.phase_acks.get("fault", 0) > 0, "no w=quorum write was acknowledged while one node of three was down")
 
     def case_kill(self, counts):
@@ -720,8 +734,8 @@ class Suite:
         c.members_of.add("node4")
         took = c.wait_converged("node4 to join (four alive members everywhere, all ready)")
         log(f"scale: four nodes converged after {took:.1f}s")
-        # Every write acknowledged so far stays readable through the new node.
-        counts.acked_values = dict(self.all_acked)
+        # Every write acknowledged so far stays readable through the new node
+        # (and, in the final check, through the others after it left).
         missing = verify(c, self.all_acked, ["node4"])
         check(not missing, f"{len(missing)} acknowledged writes unreadable through node4 after it joined "
                            f"(first: {list(missing.items())[:2]})")
@@ -734,11 +748,18 @@ class Suite:
         unauthorized_ok = status == 401
         if not unauthorized_ok:
             log(f"scale: POST /cluster/leave without the secret answered {status} {doc}")
-        # ...then, as documented, from inside the container with the secret.
-        if status != 202:
-            out = run(["docker", "exec", c.cid("node4"), "dynakv-leave", "--wait", "60"], check_rc=False, timeout=90)
-            log(f"scale: dynakv-leave: {out}")
+        # ...then with the secret from inside the container, the way the
+        # Kubernetes preStop hook does it: a no-op on an unmarked pod, a leave
+        # once /data/leave-requested exists (compose users run dynakv-leave).
         cid = c.cid("node4")
+        pre_stop = ["docker", "exec", cid, "dynakv-leave", "--only-if", "/data/leave-requested", "--wait", "60"]
+        if status != 202:
+            out = run(pre_stop, timeout=90)
+            check(out == "", f"the preStop command on an unmarked node printed {out!r}")
+            check((c.members("node1") or {}).get("node4") == "alive", "the preStop command left without the mark")
+            run(["docker", "exec", cid, "touch", "/data/leave-requested"])
+            out = run(pre_stop, check_rc=False, timeout=90)
+            log(f"scale: preStop with the mark: {out}")
         c.members_of.discard("node4")
 
         def left_everywhere():
