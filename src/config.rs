@@ -78,8 +78,9 @@ pub struct Config {
     #[arg(long, env = "DYNAKV_DEAD_AFTER_MS", default_value_t = 15000, value_parser = clap::value_parser!(u64).range(1..))]
     pub dead_after_ms: u64,
 
-    /// Merkle root exchange period, in milliseconds.
-    #[arg(long, env = "DYNAKV_ANTI_ENTROPY_INTERVAL_MS", default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Merkle root exchange period, in milliseconds (0 turns anti-entropy
+    /// off, Merkle tree upkeep included).
+    #[arg(long, env = "DYNAKV_ANTI_ENTROPY_INTERVAL_MS", default_value_t = 10000)]
     pub anti_entropy_interval_ms: u64,
 
     /// Timeout of one node-to-node request, in milliseconds.

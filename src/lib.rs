@@ -11,6 +11,7 @@
 //! - [`version`]: dotted version vectors (update, sync, reconcile) and the
 //!   `X-Context` token.
 //! - [`membership`]: the member table and its status rules.
+//! - [`merkle`]: fixed-shape Merkle trees kept current by XOR.
 //!
 //! State and seams:
 //! - [`storage`]: sled, one tree per partition, the record codec, group
@@ -28,8 +29,9 @@
 //! - [`coordinator`]: client reads and writes (quorum tally in
 //!   [`coordinator::quorum`]), sloppy quorum, read repair.
 //! - [`rpc`]: what a node answers its peers, independent of HTTP.
-//! - [`gossip`], [`handoff`], [`reaper`]: background workers (membership,
-//!   hinted handoff and leave, expiry and tombstone purge).
+//! - [`gossip`], [`handoff`], [`reaper`], [`antientropy`]: background
+//!   workers (membership, hinted handoff and leave, expiry and tombstone
+//!   purge, Merkle tree exchange).
 //! - [`harness`]: an in-memory network of real nodes for tests and
 //!   simulations.
 //!
@@ -40,6 +42,7 @@
 //! Dependencies point one way, from the edge down to the leaves; a test
 //! (`tests/it/architecture.rs`) fails on any cycle between these modules.
 
+pub mod antientropy;
 pub mod api;
 pub mod clock;
 pub mod cluster;

@@ -5,7 +5,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The node's metrics.
@@ -42,6 +43,29 @@ pub struct Metrics {
     /// `dynakv_corrupt_records_total`: stored records that did not decode
     /// when read in bulk (hand-offs); logged, never silently skipped.
     pub corrupt_records: IntCounter,
+    /// `dynakv_ae_rounds_total`: anti-entropy rounds run.
+    pub ae_rounds: IntCounter,
+    /// `dynakv_ae_partitions_compared_total`: partitions compared with a peer.
+    pub ae_partitions_compared: IntCounter,
+    /// `dynakv_ae_partitions_differing_total`: compared partitions whose roots differed.
+    pub ae_partitions_differing: IntCounter,
+    /// `dynakv_ae_keys_pulled_total`: keys fetched from a peer and merged here.
+    pub ae_keys_pulled: IntCounter,
+    /// `dynakv_ae_keys_pushed_total`: keys sent to a peer to merge.
+    pub ae_keys_pushed: IntCounter,
+    /// `dynakv_ae_bytes_sent_total`: anti-entropy bytes sent (tree
+    /// comparisons and repairs, message bodies).
+    pub ae_bytes_sent: IntCounter,
+    /// `dynakv_ae_bytes_received_total`: anti-entropy bytes received.
+    pub ae_bytes_received: IntCounter,
+    /// `dynakv_ae_exchange_failures_total`: exchanges cut short by a peer
+    /// that did not answer.
+    pub ae_exchange_failures: IntCounter,
+    /// `dynakv_ae_tree_build_seconds`: how long building every Merkle tree
+    /// took at start.
+    pub ae_tree_build_seconds: Gauge,
+    /// `dynakv_ae_trees_ready`: partitions whose Merkle tree is built.
+    pub ae_trees_ready: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -112,6 +136,32 @@ impl Metrics {
             hints_delivered: counter(&r, "dynakv_hints_delivered_total", "Hints delivered to their owner"),
             hints_pending: gauge(&r, "dynakv_hints_pending", "Hints waiting for their owner"),
             corrupt_records: counter(&r, "dynakv_corrupt_records_total", "Stored records that did not decode"),
+            ae_rounds: counter(&r, "dynakv_ae_rounds_total", "Anti-entropy rounds run"),
+            ae_partitions_compared: counter(
+                &r,
+                "dynakv_ae_partitions_compared_total",
+                "Partitions compared with a peer by anti-entropy",
+            ),
+            ae_partitions_differing: counter(
+                &r,
+                "dynakv_ae_partitions_differing_total",
+                "Compared partitions whose Merkle roots differed",
+            ),
+            ae_keys_pulled: counter(&r, "dynakv_ae_keys_pulled_total", "Keys fetched from a peer by anti-entropy"),
+            ae_keys_pushed: counter(&r, "dynakv_ae_keys_pushed_total", "Keys sent to a peer by anti-entropy"),
+            ae_bytes_sent: counter(&r, "dynakv_ae_bytes_sent_total", "Anti-entropy bytes sent"),
+            ae_bytes_received: counter(&r, "dynakv_ae_bytes_received_total", "Anti-entropy bytes received"),
+            ae_exchange_failures: counter(
+                &r,
+                "dynakv_ae_exchange_failures_total",
+                "Anti-entropy exchanges cut short by a peer that did not answer",
+            ),
+            ae_tree_build_seconds: register(
+                &r,
+                Gauge::new("dynakv_ae_tree_build_seconds", "Time to build every Merkle tree at start")
+                    .expect("valid metric"),
+            ),
+            ae_trees_ready: gauge(&r, "dynakv_ae_trees_ready", "Partitions whose Merkle tree is built"),
             registry: r,
         }
     }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::valid_node_id;
+use crate::merkle;
 use crate::node::Node;
 use crate::storage::StorageError;
-use crate::transport::wire::{self, BatchOp, BatchReply, GossipMessage, HintRequest};
+use crate::transport::wire::{self, AeCompare, AeDiff, AeReply, BatchOp, BatchReply, GossipMessage, HintRequest};
 use crate::transport::Route;
 
 /// Most members a gossip message may list.
@@ -36,7 +37,64 @@ pub async fn handle(node: &Arc<Node>, route: Route, body: &[u8]) -> Result<Bytes
         Route::Gossip => gossip(node, body),
         Route::Batch => batch(node, body).await,
         Route::Hint => hint(node, body).await.map(|()| Bytes::new()),
+        Route::AntiEntropy => anti_entropy(node, body).await,
     }
+}
+
+/// Most tree nodes one anti-entropy request may ask about.
+pub const MAX_AE_NODES: usize = 1 << 16;
+
+/// Anti-entropy: compares the asker's tree nodes with this node's trees and
+/// answers for each that differs (children's hashes, or a leaf's keys), or
+/// that cannot be compared (a partition this node does not replicate or has
+/// not built its tree for).
+pub async fn anti_entropy(node: &Arc<Node>, body: &[u8]) -> Result<Bytes, RpcError> {
+    let ask: AeCompare = decode(body)?;
+    if ask.nodes.len() > MAX_AE_NODES {
+        return Err(RpcError::InvalidBody(format!("more than {MAX_AE_NODES} tree nodes asked")));
+    }
+    let view = node.view();
+    let storage = node.storage().clone();
+    let me = node.id().to_string();
+    let q = node.cfg().partitions;
+    let answer = tokio::task::spawn_blocking(move || -> Result<AeReply, RpcError> {
+        let mut diffs = Vec::new();
+        for n in ask.nodes {
+            if n.partition >= q || n.level > merkle::DEPTH || n.index >= merkle::width(n.level) {
+                return Err(RpcError::InvalidBody(format!("no tree node {}/{}/{}", n.partition, n.level, n.index)));
+            }
+            let replicates = view.ring().preference_list(n.partition).contains(&me.as_str());
+            if !replicates || !storage.tree_ready(n.partition) {
+                diffs.push(AeDiff::NotReady { partition: n.partition });
+                continue;
+            }
+            let tree = storage.merkle(n.partition);
+            if tree.get(n.level, n.index) == Some(u64::from_le_bytes(n.hash)) {
+                continue;
+            }
+            diffs.push(match tree.children(n.level, n.index) {
+                Some(children) => AeDiff::Children {
+                    partition: n.partition,
+                    level: n.level,
+                    index: n.index,
+                    hashes: children.iter().map(|h| h.to_le_bytes()).collect(),
+                },
+                None => AeDiff::Leaf {
+                    partition: n.partition,
+                    index: n.index,
+                    items: storage
+                        .leaf_items(n.partition, n.index as u16)?
+                        .into_iter()
+                        .map(|(k, h)| (k.into(), h.to_le_bytes()))
+                        .collect(),
+                },
+            });
+        }
+        Ok(AeReply { diffs })
+    })
+    .await
+    .map_err(|e| RpcError::Storage(StorageError::Blocking(e.to_string())))??;
+    Ok(Bytes::from(wire::encode(&answer)))
 }
 
 /// A gossip exchange: merge the sender's table, answer with ours (JSON).

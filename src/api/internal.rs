@@ -54,6 +54,15 @@ pub async fn hint(State(node): State<Arc<Node>>, body: Result<Bytes, BytesReject
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /internal/anti-entropy`: compare Merkle tree nodes.
+pub async fn anti_entropy(
+    State(node): State<Arc<Node>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let answer = rpc::anti_entropy(&node, &read_body(body)?).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], answer).into_response())
+}
+
 /// The request body, or a JSON 413 past the route's limit.
 fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e.status() {

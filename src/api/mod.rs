@@ -58,6 +58,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(Route::Gossip.path(), post(internal::gossip).layer(DefaultBodyLimit::max(internal::MAX_GOSSIP_BYTES)))
         .route(Route::Batch.path(), post(internal::batch))
         .route(Route::Hint.path(), post(internal::hint))
+        .route(Route::AntiEntropy.path(), post(internal::anti_entropy))
         .layer(DefaultBodyLimit::max(internal_limit))
         .layer(middleware::from_fn_with_state(node.clone(), internal::require_secret));
     let public = Router::new()

@@ -639,6 +639,15 @@ impl Storage {
             *part.built.lock().expect("build cursor") = None;
             part.state.store(BUILDING, Ordering::SeqCst);
         }
+        let built = self.build_chunks(part, partition);
+        if built.is_err() {
+            let _gate = part.gate.write().expect("partition gate");
+            part.state.store(UNTRACKED, Ordering::SeqCst);
+        }
+        built
+    }
+
+    fn build_chunks(&self, part: &Partition, partition: u32) -> Result<(), StorageError> {
         let tree = self.tree(partition)?;
         let mut cursor: Option<sled::IVec> = None;
         loop {

@@ -41,6 +41,8 @@ pub enum Route {
     Batch,
     /// A write kept by a stand-in for an unreachable owner.
     Hint,
+    /// Anti-entropy: Merkle tree comparison.
+    AntiEntropy,
 }
 
 impl Route {
@@ -50,6 +52,7 @@ impl Route {
             Route::Gossip => "/internal/gossip",
             Route::Batch => "/internal/batch",
             Route::Hint => "/internal/hint",
+            Route::AntiEntropy => "/internal/anti-entropy",
         }
     }
 }

@@ -111,6 +111,64 @@ pub enum BatchReply {
     Failed(String),
 }
 
+/// One Merkle tree node as the asking side holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHash {
+    /// The partition.
+    pub partition: u32,
+    /// 0 (root) to `merkle::DEPTH` (leaves).
+    pub level: u8,
+    /// The node's index within its level.
+    pub index: u32,
+    /// The asker's hash of it (fixed 8 bytes: varints would take up to 10).
+    pub hash: [u8; 8],
+}
+
+/// Anti-entropy: compare these nodes with the answering side's trees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AeCompare {
+    /// The nodes, any mix of partitions and levels.
+    pub nodes: Vec<NodeHash>,
+}
+
+/// The answer for one asked node that differs (equal ones are left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AeDiff {
+    /// An inner node differs: the answering side's hashes of its children.
+    Children {
+        /// The partition.
+        partition: u32,
+        /// The differing node's level.
+        level: u8,
+        /// The differing node's index.
+        index: u32,
+        /// Its children's hashes, in order.
+        hashes: Vec<[u8; 8]>,
+    },
+    /// A leaf differs: the answering side's `(key, item hash)` list of it.
+    Leaf {
+        /// The partition.
+        partition: u32,
+        /// The leaf.
+        index: u32,
+        /// Keys in order with their item hashes.
+        items: Vec<(serde_bytes::ByteBuf, [u8; 8])>,
+    },
+    /// The answering side does not replicate the partition or has not built
+    /// its tree yet: nothing to compare now.
+    NotReady {
+        /// The partition.
+        partition: u32,
+    },
+}
+
+/// The answer to an [`AeCompare`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AeReply {
+    /// One entry per asked node that differs or cannot be compared.
+    pub diffs: Vec<AeDiff>,
+}
+
 /// Encodes a binary message.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     let mut out = vec![FORMAT];
@@ -231,6 +289,21 @@ mod tests {
         let replies = encode(&vec![BatchReply::Read(None), BatchReply::Written, BatchReply::Failed("no".into())]);
         assert_eq!(hex(&replies), "010300000102026e6f");
         assert_eq!(hex(&hint_request("o", b"k", &Record::new())), "01016f016b000000");
+    }
+
+    /// Golden vector: an anti-entropy exchange (a root, then a leaf).
+    #[test]
+    fn golden_anti_entropy_bytes() {
+        let ask = AeCompare { nodes: vec![NodeHash { partition: 3, level: 0, index: 0, hash: 7u64.to_le_bytes() }] };
+        assert_eq!(hex(&encode(&ask)), "01010300000700000000000000");
+        let reply = AeReply {
+            diffs: vec![
+                AeDiff::Leaf { partition: 3, index: 4095, items: vec![(b"k".to_vec().into(), 9u64.to_le_bytes())] },
+                AeDiff::NotReady { partition: 5 },
+            ],
+        };
+        assert_eq!(hex(&encode(&reply)), "01020103ff1f01016b09000000000000000205");
+        assert_eq!(decode::<AeReply>(&encode(&reply)), Some(reply));
     }
 
     const GOLDEN_BATCH: &str = "010300016b01016b0201610100000268690a746578742f706c61696e80d095ffbc3101e0a499ffbc31000162070000000081d095ffbc310001000002016b01016101";
