@@ -251,12 +251,28 @@ impl Default for Budget {
 /// A key that differs, and the peer's item hash of it (`None`: it lacks it).
 type Differing = (Vec<u8>, Option<u64>);
 
-/// Compares every partition shared with `peer` and repairs what differs.
+/// Compares every partition shared with `peer` and repairs what differs,
+/// but for partitions this node is still receiving (the transfer worker
+/// brings those in).
 pub async fn exchange(
     node: &Node,
     view: &ClusterView,
     peer: &str,
     budget: &mut Budget,
+) -> Result<Exchange, TransportError> {
+    let receiving: Vec<u32> = node.ownership(|o| o.inbound().keys().copied().collect());
+    exchange_partitions(node, view, peer, budget, |p| !receiving.contains(&p)).await
+}
+
+/// Compares the partitions shared with `peer` that `wanted` accepts (a
+/// partition is shared when both are in its preference list, or when the
+/// peer holds it) and repairs what differs.
+pub async fn exchange_partitions(
+    node: &Node,
+    view: &ClusterView,
+    peer: &str,
+    budget: &mut Budget,
+    wanted: impl Fn(u32) -> bool,
 ) -> Result<Exchange, TransportError> {
     let me = node.id();
     let storage = node.storage();
@@ -265,9 +281,11 @@ pub async fn exchange(
     let target = Target { id: peer, address };
     let mut x = Exchange::default();
     let mut frontier: Vec<NodeHash> = (0..ring.partition_count())
+        .filter(|&p| wanted(p) && storage.tree_ready(p))
         .filter(|&p| {
             let pref = ring.preference_list(p);
-            pref.contains(&me) && pref.contains(&peer) && storage.tree_ready(p)
+            // Both replicate it, or this node catches up with a holder.
+            (pref.contains(&me) && pref.contains(&peer)) || node.ownership(|o| o.is_inbound(p))
         })
         .map(|p| NodeHash { partition: p, level: 0, index: 0, hash: storage.merkle(p).root().to_le_bytes() })
         .collect();

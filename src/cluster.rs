@@ -170,7 +170,7 @@ mod tests {
     const PARAMS: RingParams = RingParams { partitions: 16, vnodes: 8, replicas: 3 };
 
     fn d(id: &str, hb: u64, left: bool) -> Digest {
-        Digest { id: id.into(), address: format!("http://{id}"), heartbeat: hb, left }
+        Digest { id: id.into(), address: format!("http://{id}"), heartbeat: hb, left, ..Default::default() }
     }
 
     #[test]

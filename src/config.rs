@@ -111,6 +111,14 @@ pub struct Config {
     #[arg(long, env = "DYNAKV_CLUSTER_SECRET")]
     pub cluster_secret: Option<String>,
 
+    /// Partitions received at once when the ring changes.
+    #[arg(long, env = "DYNAKV_TRANSFER_MAX_PARTITIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub transfer_max_partitions: u32,
+
+    /// Bandwidth of partition transfers, MiB per second, each way.
+    #[arg(long, env = "DYNAKV_TRANSFER_MAX_MIB_PER_SEC", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub transfer_max_mib_per_sec: u64,
+
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, env = "DYNAKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -103,7 +103,10 @@ pub async fn exchange(node: &Node, id: &str, address: &str) -> Result<(), Transp
     let reply = node.call(Target { id, address }, Route::Gossip, Bytes::from(msg)).await?;
     let reply: GossipMessage = serde_json::from_slice(&reply).map_err(|_| TransportError::Malformed)?;
     if reply.partitions != node.cfg().partitions {
-        tracing::error!(peer = %address, theirs = reply.partitions, ours = node.cfg().partitions, "peer has another --partitions; ignoring it");
+        let ours = node.cfg().partitions;
+        node.log_once(format!("partitions {} from {address}", reply.partitions), || {
+            tracing::error!(peer = %address, theirs = reply.partitions, ours, "peer has another --partitions; ignoring it")
+        });
         return Ok(());
     }
     node.apply_gossip(&reply.members);

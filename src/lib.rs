@@ -29,9 +29,11 @@
 //! - [`coordinator`]: client reads and writes (quorum tally in
 //!   [`coordinator::quorum`]), sloppy quorum, read repair.
 //! - [`rpc`]: what a node answers its peers, independent of HTTP.
-//! - [`gossip`], [`handoff`], [`reaper`], [`antientropy`]: background
-//!   workers (membership, hinted handoff and leave, expiry and tombstone
-//!   purge, Merkle tree exchange).
+//! - [`ownership`]: which partitions this node holds, receives and hands
+//!   off (pure).
+//! - [`gossip`], [`handoff`], [`reaper`], [`antientropy`], [`transfer`]:
+//!   background workers (membership, hinted handoff and leave, expiry and
+//!   tombstone purge, Merkle tree exchange, ownership transfers).
 //! - [`harness`]: an in-memory network of real nodes for tests and
 //!   simulations.
 //!
@@ -55,12 +57,14 @@ pub mod membership;
 pub mod merkle;
 pub mod metrics;
 pub mod node;
+pub mod ownership;
 pub mod reaper;
 pub mod replica;
 pub mod ring;
 pub mod rpc;
 pub mod server;
 pub mod storage;
+pub mod transfer;
 pub mod transport;
 pub mod version;
 pub mod worker;

@@ -66,10 +66,33 @@ pub struct Metrics {
     pub ae_tree_build_seconds: Gauge,
     /// `dynakv_ae_trees_ready`: partitions whose Merkle tree is built.
     pub ae_trees_ready: IntGauge,
+    /// `dynakv_transfers_pending{direction}`: partitions being received
+    /// (`in`) or to hand off (`out`).
+    pub transfers_pending: IntGaugeVec,
+    /// `dynakv_transfers_started_total{direction}`.
+    pub transfers_started: IntCounterVec,
+    /// `dynakv_transfers_finished_total{direction}`.
+    pub transfers_finished: IntCounterVec,
+    /// `dynakv_transfers_failed_total{direction}`: attempts that failed or
+    /// stalled and were retried (from another holder when receiving).
+    pub transfers_failed: IntCounterVec,
+    /// `dynakv_transfer_keys_total{direction}`: keys moved.
+    pub transfer_keys: IntCounterVec,
+    /// `dynakv_transfer_bytes_total{direction}`: record bytes moved.
+    pub transfer_bytes: IntCounterVec,
+    /// `dynakv_partitions_owned`: partitions whose preference list holds
+    /// this node.
+    pub partitions_owned: IntGauge,
+    /// `dynakv_partitions_stored`: partitions this node stores anything of.
+    pub partitions_stored: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     register(registry, IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), &["direction"]).expect("valid metric"))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -162,6 +185,25 @@ impl Metrics {
                     .expect("valid metric"),
             ),
             ae_trees_ready: gauge(&r, "dynakv_ae_trees_ready", "Partitions whose Merkle tree is built"),
+            transfers_pending: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("dynakv_transfers_pending", "Partitions being received (in) or to hand off (out)"),
+                    &["direction"],
+                )
+                .expect("valid metric"),
+            ),
+            transfers_started: counter_vec(&r, "dynakv_transfers_started_total", "Partition transfers started"),
+            transfers_finished: counter_vec(&r, "dynakv_transfers_finished_total", "Partition transfers finished"),
+            transfers_failed: counter_vec(
+                &r,
+                "dynakv_transfers_failed_total",
+                "Partition transfer attempts that failed or stalled and were retried",
+            ),
+            transfer_keys: counter_vec(&r, "dynakv_transfer_keys_total", "Keys moved by partition transfers"),
+            transfer_bytes: counter_vec(&r, "dynakv_transfer_bytes_total", "Record bytes moved by partition transfers"),
+            partitions_owned: gauge(&r, "dynakv_partitions_owned", "Partitions whose preference list holds this node"),
+            partitions_stored: gauge(&r, "dynakv_partitions_stored", "Partitions this node stores anything of"),
             registry: r,
         }
     }

@@ -9,8 +9,10 @@
 //! gossip exchanges, goes through [`Node::spawn`] into one `TaskTracker`, so
 //! a shutdown can wait for all of them with a deadline.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -22,6 +24,7 @@ use crate::cluster::{ClusterView, Membership};
 use crate::config::Config;
 use crate::membership::{Digest, Table, Timeouts};
 use crate::metrics::Metrics;
+use crate::ownership::{Ownership, Standing};
 use crate::ring::RingParams;
 use crate::storage::{Storage, StorageError, StorageOptions};
 use crate::transport::batch::Batcher;
@@ -62,6 +65,13 @@ pub struct Node {
     /// Cancelled by `POST /cluster/leave`: the node hands off and stops.
     leave: CancellationToken,
     workers: worker::Registry,
+    /// Problems already logged (refused peers), so a peer that keeps
+    /// gossiping does not flood the log.
+    logged: Mutex<HashSet<String>>,
+    /// Whether gossip from another member was heard since start.
+    heard_cluster: AtomicBool,
+    /// Which partitions this node holds, receives and hands off; persisted.
+    ownership: Mutex<Ownership>,
 }
 
 impl Node {
@@ -89,6 +99,17 @@ impl Node {
         let remembered: Vec<Digest> =
             storage.members()?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         table.restore(&remembered, SystemTime::now());
+        let ownership = match storage.ownership()? {
+            Some(bytes) => serde_json::from_slice::<Ownership>(&bytes).unwrap_or_default().restarted(),
+            // A data dir from before ownership was recorded: whatever it
+            // stores, it held; verify it like any restart.
+            None if !storage.partitions_held()?.is_empty() => Ownership::alone(cfg.partitions).restarted(),
+            None if cfg.seed_urls().is_empty() && remembered.iter().all(|d| d.id == id) => {
+                Ownership::alone(cfg.partitions)
+            }
+            None => Ownership::joining(),
+        };
+        storage.save_ownership(&serde_json::to_vec(&ownership).expect("ownership serializes"))?;
         let params = RingParams { partitions: cfg.partitions, vnodes: cfg.vnodes, replicas: cfg.replicas };
         let timeout = Duration::from_millis(cfg.request_timeout_ms);
         let node = Self {
@@ -103,6 +124,9 @@ impl Node {
             stop: CancellationToken::new(),
             leave: CancellationToken::new(),
             workers: worker::Registry::default(),
+            logged: Mutex::default(),
+            heard_cluster: AtomicBool::new(false),
+            ownership: Mutex::new(ownership),
             cfg,
         };
         node.update_members(|_| false);
@@ -258,9 +282,95 @@ impl Node {
         Ok(())
     }
 
-    /// Applies digests heard by gossip.
+    /// Applies digests heard by gossip from another member; refused claims
+    /// (an id alive at another address) are logged once each.
     pub fn apply_gossip(&self, digests: &[Digest]) {
-        self.update_members(|t| t.merge(digests, SystemTime::now()));
+        let mut conflicts = Vec::new();
+        self.update_members(|t| {
+            let changed = t.merge(digests, SystemTime::now());
+            conflicts = t.take_conflicts();
+            changed
+        });
+        self.heard_cluster.store(true, Ordering::SeqCst);
+        for c in conflicts {
+            self.log_once(format!("id {} at {}", c.id, c.claimed_by), || {
+                tracing::error!(
+                    id = %c.id,
+                    alive_at = %c.alive_at,
+                    claimed_by = %c.claimed_by,
+                    "refusing a member that claims an id already alive at another address; it stays off the ring"
+                )
+            });
+        }
+    }
+
+    /// Runs `log` the first time `key` is seen.
+    pub fn log_once(&self, key: String, log: impl FnOnce()) {
+        if self.logged.lock().expect("log set").insert(key) {
+            log();
+        }
+    }
+
+    /// Whether this node has heard gossip from another member since it
+    /// started.
+    pub fn heard_cluster(&self) -> bool {
+        self.heard_cluster.load(Ordering::SeqCst)
+    }
+
+    /// Whether this node knows the cluster: it is alone by design (no seeds,
+    /// no other member known) or has heard gossip from a member.
+    pub fn knows_cluster(&self) -> bool {
+        self.heard_cluster() || (self.cfg.seed_urls().is_empty() && self.view().members().all(|m| m.id == self.id))
+    }
+
+    /// Reads the ownership state.
+    pub fn ownership<R>(&self, f: impl FnOnce(&Ownership) -> R) -> R {
+        f(&self.ownership.lock().expect("ownership lock"))
+    }
+
+    /// Changes the ownership state; persists it and announces the transfer
+    /// counts when it changed.
+    pub fn update_ownership<R>(&self, f: impl FnOnce(&mut Ownership) -> R) -> R {
+        let (out, changed, counts, bytes) = {
+            let mut o = self.ownership.lock().expect("ownership lock");
+            let before = o.clone();
+            let out = f(&mut o);
+            let changed = *o != before;
+            let bytes = changed.then(|| serde_json::to_vec(&*o).expect("ownership serializes"));
+            (out, changed, o.counts(), bytes)
+        };
+        if changed {
+            if let Some(b) = bytes {
+                if let Err(e) = self.storage.save_ownership(&b) {
+                    tracing::warn!(error = %e, "ownership not persisted");
+                }
+            }
+            self.metrics.transfers_pending.with_label_values(&["in"]).set(i64::from(counts.0));
+            self.metrics.transfers_pending.with_label_values(&["out"]).set(i64::from(counts.1));
+            self.update_members(|t| {
+                t.set_transfers(counts.0, counts.1);
+                false
+            });
+        }
+        out
+    }
+
+    /// What partition `p` is to this node.
+    pub fn standing(&self, p: u32) -> Standing {
+        self.ownership(|o| o.standing(p))
+    }
+
+    /// Why this node is not ready to serve as a full member (SPEC §3,
+    /// `GET /health/ready`), or `None` when it is.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.leave.is_cancelled() {
+            return Some("leaving the cluster".into());
+        }
+        if !self.knows_cluster() {
+            return Some("has not heard from any member of the cluster yet".into());
+        }
+        let (inbound, _) = self.ownership(|o| o.counts());
+        (inbound > 0).then(|| format!("receiving {inbound} partition(s) it owns"))
     }
 
     /// Marks this node as left (the end of a leave hand-off).

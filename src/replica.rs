@@ -20,6 +20,7 @@ use bytes::Bytes;
 
 use crate::cluster::ClusterView;
 use crate::node::Node;
+use crate::ownership::Standing;
 use crate::storage::{Record, StorageError};
 use crate::transport::wire::{self, BatchReply};
 use crate::transport::{Route, Target, TransportError};
@@ -110,13 +111,51 @@ pub async fn read(
     key: &[u8],
 ) -> Result<Option<Record>, ReplicaError> {
     if id == node.id() {
-        return Ok(node.storage().get(partition, key)?);
+        return local_read(node, view, partition, key).await;
     }
     match node.batch(target(view, id)?, wire::read_op(key)).await? {
         BatchReply::Read(r) => Ok(r),
         BatchReply::Failed(e) => Err(TransportError::Remote(e).into()),
         BatchReply::Written => Err(TransportError::Malformed.into()),
     }
+}
+
+/// This node's copy of `key`. While this node is still receiving the
+/// partition (`ownership::Standing::Inbound`) its copy may lack keys, so
+/// the copy of a node that holds the partition (the transfer's source, or
+/// another replica) is fetched and merged in: a receiving node never
+/// answers for a key as if it did not exist. If no holder answers, neither
+/// does this.
+pub async fn local_read(
+    node: &Node,
+    view: &ClusterView,
+    partition: u32,
+    key: &[u8],
+) -> Result<Option<Record>, ReplicaError> {
+    let local = node.storage().get(partition, key)?;
+    if !matches!(node.standing(partition), Standing::Inbound(_)) {
+        return Ok(local);
+    }
+    let source = node.ownership(|o| o.inbound().get(&partition).and_then(|i| i.source.clone()));
+    let others: Vec<String> = read_set(view, partition).into_iter().filter(|id| id != node.id()).collect();
+    let source = match source.filter(|s| view.is_alive(s)) {
+        Some(s) => s,
+        None => match others.iter().find(|id| view.is_alive(id)) {
+            Some(s) => s.clone(),
+            // Nobody else replicates it: this copy is all there is.
+            None if others.is_empty() => return Ok(local),
+            None => return Err(ReplicaError::UnknownMember(format!("no holder of partition {partition} is alive"))),
+        },
+    };
+    let theirs = match node.batch(target(view, &source)?, wire::read_local_op(key)).await? {
+        BatchReply::Read(r) => r,
+        BatchReply::Failed(e) => return Err(TransportError::Remote(e).into()),
+        BatchReply::Written => return Err(TransportError::Malformed.into()),
+    };
+    Ok(match (local, theirs) {
+        (Some(a), Some(b)) => Some(a.sync(&b)),
+        (a, b) => a.or(b),
+    })
 }
 
 /// Merges `record` into replica `id`'s copy of `key`.
@@ -197,7 +236,12 @@ mod tests {
         let m = Membership::new(Table::new("a", "http://a", 1, now), params);
         let digests: Vec<Digest> = ["b", "c", "d"]
             .iter()
-            .map(|id| Digest { id: id.to_string(), address: format!("http://{id}"), heartbeat: 1, left: false })
+            .map(|id| Digest {
+                id: id.to_string(),
+                address: format!("http://{id}"),
+                heartbeat: 1,
+                ..Default::default()
+            })
             .collect();
         let (_, view) = m.update(|t| t.merge(&digests, now));
         for p in 0..8 {
@@ -223,7 +267,7 @@ mod tests {
                         id: id.to_string(),
                         address: format!("http://{id}"),
                         heartbeat: 1 + i,
-                        left: false,
+                        ..Default::default()
                     })
                     .collect();
                 t.merge(&alive, at);

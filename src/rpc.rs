@@ -11,7 +11,9 @@ use crate::config::valid_node_id;
 use crate::merkle;
 use crate::node::Node;
 use crate::storage::StorageError;
-use crate::transport::wire::{self, AeCompare, AeDiff, AeReply, BatchOp, BatchReply, GossipMessage, HintRequest};
+use crate::transport::wire::{
+    self, AeCompare, AeDiff, AeReply, BatchOp, BatchReply, GossipMessage, HintRequest, TransferReply, TransferRequest,
+};
 use crate::transport::Route;
 
 /// Most members a gossip message may list.
@@ -38,7 +40,46 @@ pub async fn handle(node: &Arc<Node>, route: Route, body: &[u8]) -> Result<Bytes
         Route::Batch => batch(node, body).await,
         Route::Hint => hint(node, body).await.map(|()| Bytes::new()),
         Route::AntiEntropy => anti_entropy(node, body).await,
+        Route::Transfer => transfer(node, body).await,
     }
+}
+
+/// Keys in one transfer page at most.
+pub const MAX_TRANSFER_KEYS: u32 = 10_000;
+/// Record bytes in one transfer page, about.
+pub const TRANSFER_PAGE_BYTES: usize = 2 << 20;
+
+/// Ownership transfer: says whether this node holds the partition and, if
+/// it does, sends a page of it. A record that does not decode is logged and
+/// counted, and left out.
+pub async fn transfer(node: &Arc<Node>, body: &[u8]) -> Result<Bytes, RpcError> {
+    let req: TransferRequest = decode(body)?;
+    if req.partition >= node.cfg().partitions {
+        return Err(RpcError::InvalidBody(format!("no partition {}", req.partition)));
+    }
+    let holds = node.ownership(|o| o.holds(req.partition));
+    let storage = node.storage().clone();
+    let has_data = storage.has_data(req.partition)?;
+    let mut reply = TransferReply { holds, has_data, items: Vec::new(), next: None };
+    if holds && req.limit > 0 {
+        let (p, after, limit) = (req.partition, req.after.map(|a| a.into_vec()), req.limit.min(MAX_TRANSFER_KEYS));
+        let page = tokio::task::spawn_blocking(move || {
+            storage.scan_bounded(p, after.as_deref(), limit as usize, TRANSFER_PAGE_BYTES)
+        })
+        .await
+        .map_err(|e| RpcError::Storage(StorageError::Blocking(e.to_string())))??;
+        for (key, rec) in page.items {
+            match rec {
+                Ok(r) => reply.items.push((key.into(), r)),
+                Err(e) => {
+                    node.metrics().corrupt_records.inc();
+                    tracing::error!(partition = p, key = %String::from_utf8_lossy(&key), error = %e, "record does not decode; not transferred");
+                }
+            }
+        }
+        reply.next = page.next.map(Into::into);
+    }
+    Ok(Bytes::from(wire::encode(&reply)))
 }
 
 /// Most tree nodes one anti-entropy request may ask about.
@@ -57,13 +98,16 @@ pub async fn anti_entropy(node: &Arc<Node>, body: &[u8]) -> Result<Bytes, RpcErr
     let storage = node.storage().clone();
     let me = node.id().to_string();
     let q = node.cfg().partitions;
+    let held: std::collections::BTreeSet<u32> =
+        ask.nodes.iter().map(|n| n.partition).filter(|&p| node.ownership(|o| o.holds(p))).collect();
+    let holds = move |p: u32| held.contains(&p);
     let answer = tokio::task::spawn_blocking(move || -> Result<AeReply, RpcError> {
         let mut diffs = Vec::new();
         for n in ask.nodes {
             if n.partition >= q || n.level > merkle::DEPTH || n.index >= merkle::width(n.level) {
                 return Err(RpcError::InvalidBody(format!("no tree node {}/{}/{}", n.partition, n.level, n.index)));
             }
-            let replicates = view.ring().preference_list(n.partition).contains(&me.as_str());
+            let replicates = view.ring().preference_list(n.partition).contains(&me.as_str()) || holds(n.partition);
             if !replicates || !storage.tree_ready(n.partition) {
                 diffs.push(AeDiff::NotReady { partition: n.partition });
                 continue;
@@ -102,10 +146,18 @@ pub fn gossip(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
     let msg: GossipMessage =
         serde_json::from_slice(body).map_err(|e| RpcError::InvalidBody(format!("invalid gossip JSON: {e}")))?;
     if msg.partitions != node.cfg().partitions {
+        let ours = node.cfg().partitions;
+        node.log_once(format!("partitions {} from {}", msg.partitions, msg.from), || {
+            tracing::error!(
+                peer = %msg.from,
+                theirs = msg.partitions,
+                ours,
+                "refusing gossip from a node with another --partitions; it stays off the ring"
+            )
+        });
         return Err(RpcError::InvalidBody(format!(
-            "sender has --partitions {}, this node {}; Q must match cluster-wide",
-            msg.partitions,
-            node.cfg().partitions
+            "sender has --partitions {}, this node {ours}; Q must match cluster-wide",
+            msg.partitions
         )));
     }
     if msg.members.len() > MAX_MEMBERS {
@@ -126,13 +178,22 @@ pub fn gossip(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
 pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
     let ops: Vec<BatchOp> = decode(body)?;
     let storage = node.storage();
+    let view = node.view();
     let q = node.cfg().partitions;
     let partition_of = |key: &[u8]| crate::ring::partition_of(key, q);
     let mut replies = Vec::with_capacity(ops.len());
     let mut wrote = false;
     for op in &ops {
         let reply = match op {
-            BatchOp::Read { key } if key_ok(node, key) => match storage.get(partition_of(key), key) {
+            // A partition this node is still receiving is answered with a
+            // holder's copy merged in, never as if its keys did not exist.
+            BatchOp::Read { key } if key_ok(node, key) => {
+                match crate::replica::local_read(node, &view, partition_of(key), key).await {
+                    Ok(r) => BatchReply::Read(r),
+                    Err(e) => BatchReply::Failed(e.to_string()),
+                }
+            }
+            BatchOp::ReadLocal { key } if key_ok(node, key) => match storage.get(partition_of(key), key) {
                 Ok(r) => BatchReply::Read(r),
                 Err(e) => BatchReply::Failed(e.to_string()),
             },

@@ -62,6 +62,7 @@ pub fn spawn_workers(node: &Arc<Node>) {
     node.spawn_worker(crate::handoff::HintDelivery::new(node.clone()));
     node.spawn_worker(crate::reaper::Expiry::new(node.clone()));
     node.spawn_worker(crate::reaper::Tombstones::new(node.clone()));
+    node.spawn_worker(crate::transfer::Transfers::new(node.clone()));
     if node.cfg().anti_entropy_interval_ms > 0 {
         node.spawn_worker(crate::antientropy::TreeBuild::new(node.clone()));
         node.spawn_worker(crate::antientropy::AntiEntropy::new(node.clone()));

@@ -16,9 +16,23 @@ use crate::replica;
 use crate::ring::{partition_end, partition_start};
 use crate::storage::Record;
 
-/// `GET /health`.
+/// `GET /health`: liveness.
 pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
     Json(json!({ "status": "ok", "node_id": node.id() }))
+}
+
+/// `GET /health/ready`: readiness (SPEC §3): 200 once the node serves, knows
+/// the cluster and holds every partition it owns; 503 with the reason
+/// before that and while it is leaving.
+pub async fn ready(State(node): State<Arc<Node>>) -> Response {
+    match node.not_ready() {
+        None => Json(json!({ "status": "ready", "node_id": node.id() })).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "node_id": node.id(), "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -29,6 +43,8 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
 /// `GET /cluster/members`.
 pub async fn members(State(node): State<Arc<Node>>) -> Json<Value> {
     let view = node.view();
+    let ring = view.ring();
+    let owned = |id: &str| (0..ring.partition_count()).filter(|&p| ring.preference_list(p).contains(&id)).count();
     let members: Vec<Value> = view
         .members()
         .map(|m| {
@@ -38,6 +54,9 @@ pub async fn members(State(node): State<Arc<Node>>) -> Json<Value> {
                 "status": m.status,
                 "heartbeat": m.heartbeat,
                 "updated_at": humantime::format_rfc3339_millis(m.updated_at).to_string(),
+                "partitions": owned(&m.id),
+                "transfers_in": m.transfers_in,
+                "transfers_out": m.transfers_out,
             })
         })
         .collect();

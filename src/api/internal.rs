@@ -63,6 +63,15 @@ pub async fn anti_entropy(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], answer).into_response())
 }
 
+/// `POST /internal/transfer`: a page of a partition this node holds.
+pub async fn transfer(
+    State(node): State<Arc<Node>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let answer = rpc::transfer(&node, &read_body(body)?).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], answer).into_response())
+}
+
 /// The request body, or a JSON 413 past the route's limit.
 fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e.status() {

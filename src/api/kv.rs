@@ -119,7 +119,9 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
         return Ok(None);
     }
     let view = node.view();
-    let Some(targets) = coordinator::forward_targets(&view, req.key.as_bytes()) else {
+    let partition = view.ring().partition_of(req.key.as_bytes());
+    let receiving = matches!(node.standing(partition), crate::ownership::Standing::Inbound(_));
+    let Some(targets) = coordinator::forward_targets(&view, req.key.as_bytes(), receiving) else {
         return Ok(None);
     };
     let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();

@@ -36,6 +36,7 @@ pub const X_CONTEXT: &str = "x-context";
 pub const ROUTES: &[(&str, &[&str])] = &[
     ("/kv/{key}", &["get", "put", "delete"]),
     ("/health", &["get"]),
+    ("/health/ready", &["get"]),
     ("/metrics", &["get"]),
     ("/cluster/members", &["get"]),
     ("/cluster/ring", &["get"]),
@@ -59,11 +60,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(Route::Batch.path(), post(internal::batch))
         .route(Route::Hint.path(), post(internal::hint))
         .route(Route::AntiEntropy.path(), post(internal::anti_entropy))
+        .route(Route::Transfer.path(), post(internal::transfer))
         .layer(DefaultBodyLimit::max(internal_limit))
         .layer(middleware::from_fn_with_state(node.clone(), internal::require_secret));
     let public = Router::new()
         .route("/kv/{key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/health", get(cluster::health))
+        .route("/health/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))
         .route("/cluster/members", get(cluster::members))
         .route("/cluster/ring", get(cluster::ring))

@@ -273,11 +273,13 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
     let key = Arc::new(key.to_vec());
     let (tx, rx) = mpsc::channel::<Reply>(pref.len().max(1));
     for id in &pref {
-        if id == node.id() {
+        if id == node.id() && !matches!(node.standing(partition), crate::ownership::Standing::Inbound(_)) {
             let local = node.storage().get(partition, &key)?;
             let _ = tx.send((id.clone(), Some(local))).await;
             continue;
         }
+        // Remote replicas, and this node while it is still receiving the
+        // partition (its answer then includes a holder's copy).
         let (n, tx, key, id, view) = (node.clone(), tx.clone(), key.clone(), id.clone(), view.clone());
         node.spawn(async move {
             let reply = replica::read(&n, &view, &id, partition, &key).await.ok();
@@ -369,12 +371,15 @@ pub fn visible(mut record: Record, now_ms: u64) -> ReadResult {
 }
 
 /// The nodes (id, address) a request for `key` should be forwarded to, in
-/// order, when this node is not in its preference list (alive ones first);
+/// order (alive ones first), when this node is not in its preference list
+/// or is still receiving the partition (`receiving`: it must not answer for
+/// keys it may not have yet, nor write over versions it has not seen);
 /// `None` when this node coordinates itself.
-pub fn forward_targets(view: &ClusterView, key: &[u8]) -> Option<Vec<(String, String)>> {
+pub fn forward_targets(view: &ClusterView, key: &[u8], receiving: bool) -> Option<Vec<(String, String)>> {
     let ring = view.ring();
-    let pref = ring.preference_list(ring.partition_of(key));
-    if pref.contains(&view.me()) {
+    let pref: Vec<&str> =
+        ring.preference_list(ring.partition_of(key)).into_iter().filter(|id| *id != view.me()).collect();
+    if pref.len() < ring.preference_list(ring.partition_of(key)).len() && !receiving {
         return None;
     }
     let mut alive = Vec::new();

@@ -4,7 +4,9 @@
 //! (durable, merged per key). The [`HintDelivery`] worker hands hints to
 //! owners that are alive again and deletes a hint only after the owner
 //! acknowledged it and only if it did not change meanwhile. A hint whose
-//! owner has left goes to the key's current preference list instead.
+//! owner has left or is dead goes to the key's current preference list
+//! instead of waiting for ever (a dead owner that returns catches up from
+//! the partition's holders, see `crate::transfer`).
 //!
 //! [`leave`] runs when `POST /cluster/leave` stops the node: every key it
 //! stores is written to the key's preference list in the ring without this
@@ -68,9 +70,10 @@ pub async fn deliver(node: &Node) -> Result<usize, crate::storage::StorageError>
     for hint in hints {
         let targets: Vec<String> = match view.status(&hint.owner) {
             Some(Status::Alive) => vec![hint.owner.clone()],
-            Some(Status::Left) | None => {
-                // The owner is gone for good: the key's replicas now take it,
-                // this node included when it is one.
+            Some(Status::Left | Status::Dead) | None => {
+                // The owner is gone (for good, or until it returns, when it
+                // catches up from the partition's holders): the key's
+                // replicas now take it, this node included when it is one.
                 let pref = replica::read_set(&view, hint.partition);
                 if pref.iter().any(|id| id == node.id()) {
                     if let Err(e) = storage.merge(hint.partition, &hint.key, &hint.record) {

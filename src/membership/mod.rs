@@ -53,6 +53,23 @@ pub struct Member {
     pub heartbeat: u64,
     /// When this node last saw the heartbeat advance.
     pub updated_at: SystemTime,
+    /// Partitions it is receiving (as it last announced).
+    pub transfers_in: u32,
+    /// Partitions it is handing off (as it last announced).
+    pub transfers_out: u32,
+}
+
+/// A digest that claimed a member id alive at another address (or this
+/// node's own id): refused, so the claimant stays off the ring (SPEC §4,
+/// "Safety of membership").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The id claimed.
+    pub id: String,
+    /// Where that id is alive.
+    pub alive_at: String,
+    /// Where the claim came from.
+    pub claimed_by: String,
 }
 
 /// Timing rules for status changes.
@@ -65,7 +82,7 @@ pub struct Timeouts {
 }
 
 /// What gossip carries about one member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digest {
     /// Node id.
     pub id: String,
@@ -76,6 +93,12 @@ pub struct Digest {
     /// Whether the node announced it left.
     #[serde(default)]
     pub left: bool,
+    /// Partitions it is receiving.
+    #[serde(default)]
+    pub transfers_in: u32,
+    /// Partitions it is handing off.
+    #[serde(default)]
+    pub transfers_out: u32,
 }
 
 impl Digest {
@@ -96,6 +119,8 @@ impl Digest {
             status: self.status(),
             heartbeat: self.heartbeat,
             updated_at: now,
+            transfers_in: self.transfers_in,
+            transfers_out: self.transfers_out,
         }
     }
 }
@@ -108,6 +133,8 @@ pub struct Table {
     /// When statuses were last derived: a long gap means this node itself was
     /// stalled (paused, swapped out), not that everyone else went quiet.
     last_refresh: SystemTime,
+    /// Claims refused by merges since the last [`Table::take_conflicts`].
+    conflicts: Vec<Conflict>,
 }
 
 impl Table {
@@ -122,9 +149,23 @@ impl Table {
                 status: Status::Alive,
                 heartbeat,
                 updated_at: now,
+                transfers_in: 0,
+                transfers_out: 0,
             },
         );
-        Self { me: me.to_string(), members, last_refresh: now }
+        Self { me: me.to_string(), members, last_refresh: now, conflicts: Vec::new() }
+    }
+
+    /// Announces this node's transfer counts with its next digests.
+    pub fn set_transfers(&mut self, inbound: u32, outbound: u32) {
+        let me = self.members.get_mut(&self.me).expect("the table always holds this node");
+        me.transfers_in = inbound;
+        me.transfers_out = outbound;
+    }
+
+    /// The claims refused since the last call.
+    pub fn take_conflicts(&mut self) -> Vec<Conflict> {
+        std::mem::take(&mut self.conflicts)
     }
 
     /// This node's id.
@@ -215,21 +256,36 @@ impl Table {
                 address: m.address.clone(),
                 heartbeat: m.heartbeat,
                 left: m.status == Status::Left,
+                transfers_in: m.transfers_in,
+                transfers_out: m.transfers_out,
             })
             .collect()
     }
 
     /// Applies digests heard from a peer at `now`. Returns whether the
     /// members, the ring members, the members not left or an address changed.
+    ///
+    /// A digest naming a member that is alive here at another address, or
+    /// naming this node at another address, is refused and recorded as a
+    /// [`Conflict`]: two processes must not share an id. A member that is
+    /// suspect, dead or left may move (a restart elsewhere).
     pub fn merge(&mut self, digests: &[Digest], now: SystemTime) -> bool {
         let before = self.ring_members();
         let not_left_before = self.not_left_count();
         let mut changed = false;
         for d in digests {
             if d.id == self.me {
+                let me = self.members.get_mut(&self.me).expect("self entry");
+                if d.address != me.address {
+                    self.conflicts.push(Conflict {
+                        id: d.id.clone(),
+                        alive_at: me.address.clone(),
+                        claimed_by: d.address.clone(),
+                    });
+                    continue;
+                }
                 // Someone saw a heartbeat of ours we no longer know (a restart
                 // whose reservation was lost): jump past it.
-                let me = self.members.get_mut(&self.me).expect("self entry");
                 if d.heartbeat > me.heartbeat {
                     me.heartbeat = d.heartbeat.saturating_add(1);
                 }
@@ -241,12 +297,22 @@ impl Table {
                     changed = true;
                 }
                 Some(m) => {
+                    if d.address != m.address && m.status == Status::Alive && !d.left {
+                        self.conflicts.push(Conflict {
+                            id: d.id.clone(),
+                            alive_at: m.address.clone(),
+                            claimed_by: d.address.clone(),
+                        });
+                        continue;
+                    }
                     if d.heartbeat > m.heartbeat {
                         changed |= m.address != d.address;
                         m.heartbeat = d.heartbeat;
                         m.address = d.address.clone();
                         m.updated_at = now;
                         m.status = d.status();
+                        m.transfers_in = d.transfers_in;
+                        m.transfers_out = d.transfers_out;
                     } else if d.heartbeat == m.heartbeat && d.left && m.status != Status::Left {
                         m.status = Status::Left;
                     }
@@ -282,7 +348,45 @@ mod tests {
     const T: Timeouts = Timeouts { suspect_after: Duration::from_millis(50), dead_after: Duration::from_millis(150) };
 
     fn d(id: &str, hb: u64) -> Digest {
-        Digest { id: id.into(), address: format!("http://{id}"), heartbeat: hb, left: false }
+        Digest {
+            id: id.into(),
+            address: format!("http://{id}"),
+            heartbeat: hb,
+            left: false,
+            transfers_in: 0,
+            transfers_out: 0,
+        }
+    }
+
+    #[test]
+    fn an_id_alive_elsewhere_is_refused_but_a_dead_one_may_move() {
+        let mut t = Table::new("a", "http://a", 1, at(0));
+        t.merge(&[d("b", 5)], at(0));
+        let mut impostor = d("b", 900);
+        impostor.address = "http://elsewhere".into();
+        assert!(!t.merge(&[impostor.clone()], at(10)));
+        assert_eq!(t.get("b").unwrap().address, "http://b");
+        assert_eq!(t.get("b").unwrap().heartbeat, 5);
+        let c = t.take_conflicts();
+        assert_eq!(
+            c,
+            vec![Conflict { id: "b".into(), alive_at: "http://b".into(), claimed_by: "http://elsewhere".into() }]
+        );
+        assert!(t.take_conflicts().is_empty());
+        // Someone claiming this node's own id.
+        let mut me = d("a", 50);
+        me.address = "http://elsewhere".into();
+        t.merge(&[me], at(20));
+        assert_eq!(t.take_conflicts().len(), 1);
+        assert!(t.heartbeat() < 50, "a refused claim does not move our heartbeat");
+        // Once b is dead here, a restart at a new address is accepted.
+        for now in (30..=400).step_by(10) {
+            t.refresh(at(now), T);
+        }
+        assert_eq!(t.get("b").unwrap().status, Status::Dead);
+        assert!(t.merge(&[impostor], at(410)));
+        assert_eq!(t.get("b").unwrap().address, "http://elsewhere");
+        assert!(t.take_conflicts().is_empty());
     }
 
     fn at(ms: u64) -> SystemTime {
@@ -377,6 +481,7 @@ mod tests {
         other.address = "http://elsewhere".into();
         t.merge(&[other], at(0));
         assert_eq!(t.get("a").unwrap().address, "http://a");
+        t.merge(&[d("a", 50)], at(0));
         assert!(t.heartbeat() > 50);
     }
 

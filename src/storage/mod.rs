@@ -55,10 +55,16 @@ const META_PARTITIONS: &[u8] = b"partitions";
 const META_HEARTBEAT: &[u8] = b"heartbeat_reserved";
 const META_MEMBERS: &[u8] = b"members";
 const META_DOT_FLOOR: &[u8] = b"dot_floor_reserved";
+const META_OWNERSHIP: &[u8] = b"ownership";
 
 /// Dot counters are reserved on disk this far ahead, so the floor survives a
 /// crash without a write per request.
 const DOT_RESERVE: u64 = 1 << 20;
+/// A new data dir's dot floor is the wall clock in milliseconds shifted by
+/// this much: above every counter its node id can have issued before (that
+/// would take 2^20 counters per millisecond), so a node whose data dir was
+/// lost never reissues a dot (SPEC §4, "A lost data dir is not amnesia").
+const DOT_EPOCH_SHIFT: u32 = 20;
 
 /// Most hints one node keeps; past it, hint requests are refused, the
 /// coordinator counts the stand-in as not acked, and the owner catches up by
@@ -250,7 +256,16 @@ impl Storage {
             db,
         };
         storage.hint_count.store(storage.hints.len(), Ordering::SeqCst);
-        let reserved = read_u64(&storage.meta, META_DOT_FLOOR)?;
+        let reserved = match storage.meta.get(META_DOT_FLOOR)? {
+            Some(_) => read_u64(&storage.meta, META_DOT_FLOOR)?,
+            None => {
+                // A new data dir: start above anything the id issued before.
+                let floor = crate::clock::now_ms() << DOT_EPOCH_SHIFT;
+                storage.meta.insert(META_DOT_FLOOR, &floor.to_be_bytes())?;
+                storage.db.flush()?;
+                floor
+            }
+        };
         storage.dot_floor.store(reserved, Ordering::SeqCst);
         storage.dot_reserved.store(reserved, Ordering::SeqCst);
         Ok(Arc::new(storage))
@@ -589,18 +604,32 @@ impl Storage {
     /// `None`), in key order: a resumable cursor for streaming a partition.
     /// Blocking; call it off the async threads ([`Storage::scan_from_async`]).
     pub fn scan_from(&self, partition: u32, after: Option<&[u8]>, limit: usize) -> Result<ScanPage, StorageError> {
+        self.scan_bounded(partition, after, limit, usize::MAX)
+    }
+
+    /// [`Storage::scan_from`], also stopping once the page holds `max_bytes`
+    /// of records (at least one record is always returned). Blocking.
+    pub fn scan_bounded(
+        &self,
+        partition: u32,
+        after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage, StorageError> {
         let tree = self.tree(partition)?;
         let iter = match after {
             Some(a) => tree.range::<Vec<u8>, _>((std::ops::Bound::Excluded(ikey(a)), std::ops::Bound::Unbounded)),
             None => tree.iter(),
         };
         let mut page = ScanPage::default();
+        let mut bytes = 0;
         for item in iter {
             let (k, v) = item?;
-            if page.items.len() == limit {
+            if page.items.len() == limit || (bytes >= max_bytes && !page.items.is_empty()) {
                 page.next = page.items.last().map(|(k, _)| k.clone());
                 break;
             }
+            bytes += v.len() + k.len();
             page.items.push((k.get(2..).unwrap_or_default().to_vec(), record::decode(&v)));
         }
         Ok(page)
@@ -711,6 +740,48 @@ impl Storage {
             }
         }
         Ok(removed)
+    }
+
+    /// Removes every key of `partition` if no change was committed to it
+    /// since [`Storage::partition_changes`] returned `expected`: the check
+    /// and the removal happen with the partition's gate held exclusively, so
+    /// no write slips in between. Returns the keys removed, or `None` if the
+    /// partition changed. Blocking.
+    pub fn drop_partition_if_unchanged(&self, partition: u32, expected: u64) -> Result<Option<u64>, StorageError> {
+        let part = &self.partitions[partition as usize];
+        let tree = self.tree(partition)?;
+        let _gate = part.gate.write().expect("partition gate");
+        if part.changes.load(Ordering::SeqCst) != expected {
+            return Ok(None);
+        }
+        let mut removed = 0;
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            if tree.compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?.is_ok() {
+                part.changes.fetch_add(1, Ordering::SeqCst);
+                if part.tracks(&k) {
+                    part.merkle.toggle(leaf_of_ikey(&k), item(&k, Some(&v)));
+                }
+                removed += 1;
+            }
+        }
+        Ok(Some(removed))
+    }
+
+    /// Whether this node stores any key of `partition`.
+    pub fn has_data(&self, partition: u32) -> Result<bool, StorageError> {
+        Ok(!self.tree(partition)?.is_empty())
+    }
+
+    /// The ownership state saved by [`Storage::save_ownership`] (opaque).
+    pub fn ownership(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.meta.get(META_OWNERSHIP)?.map(|v| v.to_vec()))
+    }
+
+    /// Remembers which partitions this node holds and receives.
+    pub fn save_ownership(&self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.meta.insert(META_OWNERSHIP, bytes)?;
+        Ok(())
     }
 
     /// The partitions this node holds at least one key of, in order.
@@ -918,14 +989,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Storage::open(dir.path(), &opts(1, false)).unwrap();
-            assert_eq!(s.dot_floor(), 0);
-            s.issued(5).unwrap();
-            s.issued(3).unwrap();
-            assert_eq!(s.dot_floor(), 5);
+            let start = s.dot_floor();
+            assert!(
+                start >= crate::clock::now_ms().saturating_sub(60_000) << DOT_EPOCH_SHIFT,
+                "a new dir starts at the clock"
+            );
+            s.issued(start + 5).unwrap();
+            s.issued(start + 3).unwrap();
+            assert_eq!(s.dot_floor(), start + 5);
             // Dropped without a flush of anything but the reservation.
         }
         let s = reopen(dir.path(), &opts(1, false)).unwrap();
-        assert!(s.dot_floor() >= 5, "a restart starts at or above every issued counter");
+        let issued = s.dot_floor();
+        assert!(issued >= 5, "a restart starts at or above every issued counter");
+        drop(s);
+        // A lost data dir: a new one starts above everything issued before
+        // (a millisecond later is 2^20 counters later).
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let s = reopen(dir.path(), &opts(1, false)).unwrap();
+        assert!(s.dot_floor() > issued - DOT_RESERVE, "{} vs {}", s.dot_floor(), issued);
     }
 
     #[tokio::test]
@@ -1161,6 +1244,16 @@ mod tests {
         assert_eq!(s.partition_changes(1), before + 25);
         assert_eq!(s.partitions_held().unwrap(), vec![0]);
         assert_eq!(s.merkle(1).root(), 0, "dropped keys left the tree too");
+        // A guarded drop refuses once anything changed since it looked.
+        s.build_tree(0).unwrap();
+        let seen = s.partition_changes(0);
+        s.merge(0, b"k0", &versioned("late", "v", false, 2)).unwrap();
+        assert_eq!(s.drop_partition_if_unchanged(0, seen).unwrap(), None);
+        assert!(s.has_data(0).unwrap());
+        let seen = s.partition_changes(0);
+        assert_eq!(s.drop_partition_if_unchanged(0, seen).unwrap(), Some(25));
+        assert!(!s.has_data(0).unwrap());
+        assert_eq!(s.merkle(0).root(), 0);
     }
 
     #[tokio::test]

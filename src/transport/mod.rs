@@ -43,6 +43,8 @@ pub enum Route {
     Hint,
     /// Anti-entropy: Merkle tree comparison.
     AntiEntropy,
+    /// Ownership transfer: pages of a partition.
+    Transfer,
 }
 
 impl Route {
@@ -53,6 +55,7 @@ impl Route {
             Route::Batch => "/internal/batch",
             Route::Hint => "/internal/hint",
             Route::AntiEntropy => "/internal/anti-entropy",
+            Route::Transfer => "/internal/transfer",
         }
     }
 }

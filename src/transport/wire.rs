@@ -79,6 +79,13 @@ pub enum BatchOp {
         /// The versions purged.
         dots: Vec<Dot>,
     },
+    /// This node's own record of a key, never completed from elsewhere
+    /// (a receiving node completing its answer asks this of a holder).
+    ReadLocal {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 /// [`BatchOp`] by reference: identical bytes without cloning.
@@ -97,6 +104,10 @@ enum BatchOpRef<'a> {
         #[serde(with = "serde_bytes")]
         key: &'a [u8],
         dots: &'a [Dot],
+    },
+    ReadLocal {
+        #[serde(with = "serde_bytes")]
+        key: &'a [u8],
     },
 }
 
@@ -169,6 +180,32 @@ pub struct AeReply {
     pub diffs: Vec<AeDiff>,
 }
 
+/// Ownership transfer: a page of a partition from a holder. With `limit`
+/// 0 it only asks whether the answering node holds the partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRequest {
+    /// The partition.
+    pub partition: u32,
+    /// Resume after this key (`None`: from the start).
+    pub after: Option<serde_bytes::ByteBuf>,
+    /// Most keys in the page.
+    pub limit: u32,
+}
+
+/// The answer to a [`TransferRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferReply {
+    /// Whether the answering node holds a complete copy of the partition
+    /// (no page is sent otherwise).
+    pub holds: bool,
+    /// Whether it stores anything of the partition at all.
+    pub has_data: bool,
+    /// Keys in order with their records.
+    pub items: Vec<(serde_bytes::ByteBuf, Record)>,
+    /// Where the next page starts (`None`: the partition is done).
+    pub next: Option<serde_bytes::ByteBuf>,
+}
+
 /// Encodes a binary message.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     let mut out = vec![FORMAT];
@@ -198,6 +235,11 @@ pub fn read_op(key: &[u8]) -> Bytes {
 /// Encodes a replica write for a batch; encode once, send to many.
 pub fn write_op(key: &[u8], record: &Record) -> Bytes {
     Bytes::from(postcard::to_allocvec(&BatchOpRef::Write { key, record }).expect("plain data serializes"))
+}
+
+/// Encodes a local-only replica read for a batch.
+pub fn read_local_op(key: &[u8]) -> Bytes {
+    Bytes::from(postcard::to_allocvec(&BatchOpRef::ReadLocal { key }).expect("plain data serializes"))
 }
 
 /// Encodes a purge for a batch.
