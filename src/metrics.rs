@@ -85,6 +85,9 @@ pub struct Metrics {
     pub partitions_owned: IntGauge,
     /// `dynakv_partitions_stored`: partitions this node stores anything of.
     pub partitions_stored: IntGauge,
+    /// `dynakv_partitions_stored_unowned`: partitions this node stores
+    /// something of but does not own (0 once hand-offs are done).
+    pub partitions_stored_unowned: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -204,6 +207,11 @@ impl Metrics {
             transfer_bytes: counter_vec(&r, "dynakv_transfer_bytes_total", "Record bytes moved by partition transfers"),
             partitions_owned: gauge(&r, "dynakv_partitions_owned", "Partitions whose preference list holds this node"),
             partitions_stored: gauge(&r, "dynakv_partitions_stored", "Partitions this node stores anything of"),
+            partitions_stored_unowned: gauge(
+                &r,
+                "dynakv_partitions_stored_unowned",
+                "Partitions this node stores something of but does not own",
+            ),
             registry: r,
         }
     }

@@ -360,6 +360,21 @@ impl Node {
         self.ownership(|o| o.standing(p))
     }
 
+    /// Whether this node cannot vouch for partition `p` yet: it has not
+    /// heard from the cluster, or it owns `p` (in `view`) without holding it
+    /// completely (being received, or not yet noticed by the transfer
+    /// worker). Such a node never answers for `p`'s keys alone.
+    pub fn receiving(&self, view: &ClusterView, p: u32) -> bool {
+        if !self.knows_cluster() {
+            return true;
+        }
+        match self.standing(p) {
+            Standing::Inbound(_) => true,
+            Standing::None => view.ring().preference_list(p).contains(&self.id.as_str()),
+            Standing::Held | Standing::Outbound => false,
+        }
+    }
+
     /// Why this node is not ready to serve as a full member (SPEC §3,
     /// `GET /health/ready`), or `None` when it is.
     pub fn not_ready(&self) -> Option<String> {

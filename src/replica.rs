@@ -20,7 +20,6 @@ use bytes::Bytes;
 
 use crate::cluster::ClusterView;
 use crate::node::Node;
-use crate::ownership::Standing;
 use crate::storage::{Record, StorageError};
 use crate::transport::wire::{self, BatchReply};
 use crate::transport::{Route, Target, TransportError};
@@ -121,7 +120,7 @@ pub async fn read(
 }
 
 /// This node's copy of `key`. While this node is still receiving the
-/// partition (`ownership::Standing::Inbound`) its copy may lack keys, so
+/// partition (`Node::receiving`) its copy may lack keys, so
 /// the copy of a node that holds the partition (the transfer's source, or
 /// another replica) is fetched and merged in: a receiving node never
 /// answers for a key as if it did not exist. If no holder answers, neither
@@ -133,7 +132,7 @@ pub async fn local_read(
     key: &[u8],
 ) -> Result<Option<Record>, ReplicaError> {
     let local = node.storage().get(partition, key)?;
-    if !matches!(node.standing(partition), Standing::Inbound(_)) {
+    if !node.receiving(view, partition) {
         return Ok(local);
     }
     let source = node.ownership(|o| o.inbound().get(&partition).and_then(|i| i.source.clone()));

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use crate::config::valid_node_id;
 use crate::merkle;
 use crate::node::Node;
+use crate::ownership::Standing;
 use crate::storage::StorageError;
 use crate::transport::wire::{
     self, AeCompare, AeDiff, AeReply, BatchOp, BatchReply, GossipMessage, HintRequest, TransferReply, TransferRequest,
@@ -186,11 +187,19 @@ pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
     for op in &ops {
         let reply = match op {
             // A partition this node is still receiving is answered with a
-            // holder's copy merged in, never as if its keys did not exist.
+            // holder's copy merged in, and one it neither owns nor holds
+            // (a coordinator with an older ring asks) is not answered:
+            // never as if its keys did not exist.
             BatchOp::Read { key } if key_ok(node, key) => {
-                match crate::replica::local_read(node, &view, partition_of(key), key).await {
-                    Ok(r) => BatchReply::Read(r),
-                    Err(e) => BatchReply::Failed(e.to_string()),
+                let p = partition_of(key);
+                let mine = view.ring().preference_list(p).contains(&node.id()) || node.standing(p) != Standing::None;
+                if !mine || !node.knows_cluster() {
+                    BatchReply::Failed(format!("not a replica of partition {p} here"))
+                } else {
+                    match crate::replica::local_read(node, &view, p, key).await {
+                        Ok(r) => BatchReply::Read(r),
+                        Err(e) => BatchReply::Failed(e.to_string()),
+                    }
                 }
             }
             BatchOp::ReadLocal { key } if key_ok(node, key) => match storage.get(partition_of(key), key) {

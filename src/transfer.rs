@@ -160,6 +160,8 @@ fn reconcile(node: &Node, view: &ClusterView) -> Result<(), crate::storage::Stor
     }
     node.metrics().partitions_owned.set(owned.iter().filter(|o| **o).count() as i64);
     node.metrics().partitions_stored.set(has.iter().filter(|h| **h).count() as i64);
+    let unowned = owned.iter().zip(&has).filter(|(o, h)| !**o && **h).count();
+    node.metrics().partitions_stored_unowned.set(unowned as i64);
     let before = node.ownership(|o| o.counts());
     if node.update_ownership(|o| o.reconcile(q, |p| owned[p as usize], |p| has[p as usize])) {
         let after = node.ownership(|o| o.counts());

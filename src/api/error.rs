@@ -63,6 +63,10 @@ pub enum ApiError {
     /// applied there; it is not retried elsewhere.
     #[error("the request was relayed to replica {peer}, which did not answer ({reason}); the write may have been applied there and spreads from there if so")]
     ForwardFailed { peer: String, needed: usize, reason: String },
+    /// This node cannot serve the request yet (it just started and has not
+    /// heard from the cluster).
+    #[error("{0}")]
+    NotReady(String),
     /// Coordinator refused or failed.
     #[error(transparent)]
     Coord(CoordError),
@@ -114,6 +118,7 @@ impl ApiError {
             // The client's situation is a quorum failure's: maybe stored, retry
             // with the context (SPEC §4, "Failures are 503").
             ApiError::ForwardFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met"),
+            ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Coord(CoordError::Storage(_)) | ApiError::Storage(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")
             }

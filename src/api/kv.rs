@@ -120,10 +120,17 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
     }
     let view = node.view();
     let partition = view.ring().partition_of(req.key.as_bytes());
-    let receiving = matches!(node.standing(partition), crate::ownership::Standing::Inbound(_));
-    let Some(targets) = coordinator::forward_targets(&view, req.key.as_bytes(), receiving) else {
+    // A node that has not heard from the cluster yet (it just started)
+    // knows neither the ring nor what it should hold: it answers nothing
+    // itself, and relays to the members it remembers or to its seeds.
+    let knows = node.knows_cluster();
+    let receiving = node.receiving(&view, partition);
+    let Some(mut targets) = coordinator::forward_targets(&view, req.key.as_bytes(), receiving) else {
         return Ok(None);
     };
+    if !knows && targets.is_empty() {
+        targets = node.cfg().seed_urls().into_iter().map(|u| ("seed".to_string(), u)).collect();
+    }
     let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let pass: Vec<(String, String)> = [header::CONTENT_TYPE, header::ACCEPT, HeaderName::from_static(X_CONTEXT)]
         .iter()
@@ -161,6 +168,14 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
                 return Err(ApiError::ForwardFailed { peer: id, needed, reason: e.to_string() });
             }
         }
+    }
+    // Nobody answered. A node that remembers its cluster coordinates itself
+    // (always writable); one that knows nobody yet must not act as if it
+    // were alone (N would be 1).
+    if !knows && view.members().all(|m| m.id == node.id()) {
+        return Err(ApiError::NotReady(
+            "this node has not heard from the cluster yet; retry or ask another node".into(),
+        ));
     }
     Ok(None)
 }

@@ -273,7 +273,7 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
     let key = Arc::new(key.to_vec());
     let (tx, rx) = mpsc::channel::<Reply>(pref.len().max(1));
     for id in &pref {
-        if id == node.id() && !matches!(node.standing(partition), crate::ownership::Standing::Inbound(_)) {
+        if id == node.id() && !node.receiving(&view, partition) {
             let local = node.storage().get(partition, &key)?;
             let _ = tx.send((id.clone(), Some(local))).await;
             continue;

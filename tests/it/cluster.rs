@@ -249,13 +249,20 @@ async fn hinted_handoff_delivers_writes_missed_by_a_paused_replica() {
 
 #[tokio::test]
 async fn read_repair_fixes_a_stale_replica() {
-    let mut c = Cluster::start(3, &[]).await;
+    // Anti-entropy off: only a read may repair here.
+    let c = Cluster::start(3, &["--anti-entropy-interval-ms", "0"]).await;
     assert_eq!(put(c.node(0), "rr", "old", "?w=all", None).await.status(), 204);
-    // Killed, not paused: a paused process would still read the request
-    // queued in its socket once resumed.
-    c.nodes[2].kill();
+    // n3 misses the write without restarting (a restarted node catches up
+    // by itself): paused until the others see it suspect, so the write is
+    // not even sent to it (nothing waits in its socket), with no stand-in
+    // among three nodes to keep a hint.
+    c.nodes[2].pause();
+    eventually("n3 suspect on n1", || async {
+        member_statuses(c.node(0)).await.get("n3").map(String::as_str) == Some("suspect")
+    })
+    .await;
     assert_eq!(put(c.node(0), "rr", "new", "?w=quorum", None).await.status(), 204);
-    c.nodes[2].restart().await;
+    c.nodes[2].resume();
     c.wait_all_alive().await;
     let n3_clock = |reps: &[(String, bool, Vec<Value>)]| reps.iter().find(|r| r.0 == "n3").unwrap().2.clone();
     let reps = replica_versions(c.node(0), "rr").await;

@@ -8,5 +8,6 @@ mod bad_input;
 mod cluster;
 mod durability;
 mod openapi;
+mod ownership;
 mod startup;
 mod support;

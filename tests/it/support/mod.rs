@@ -301,7 +301,34 @@ impl Cluster {
         }
         let c = Cluster { nodes };
         c.wait_all_alive().await;
+        c.wait_all_ready().await;
         c
+    }
+
+    /// Polls until every node answers `GET /health/ready` with 200 (it
+    /// knows the cluster and holds every partition it owns).
+    pub async fn wait_all_ready(&self) {
+        eventually("every node ready", || async {
+            for s in &self.nodes {
+                if ready_status(s).await != 200 {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
+
+    /// Starts one more node, `n<len + 1>`, seeded with the first, with
+    /// `timers` and `extra` flags (does not wait for anything but /health).
+    pub async fn join(&mut self, timers: &[&str], extra: &[&str]) -> usize {
+        let id = format!("n{}", self.nodes.len() + 1);
+        let seed = self.nodes[0].url.clone();
+        let mut args: Vec<&str> = vec!["--node-id", &id, "--seeds", &seed];
+        args.extend_from_slice(timers);
+        args.extend_from_slice(extra);
+        self.nodes.push(Server::start(&args).await);
+        self.nodes.len() - 1
     }
 
     /// Node `i` (0-based).
@@ -372,6 +399,25 @@ pub async fn replica_versions(s: &Server, key: &str) -> Vec<(String, bool, Vec<s
             )
         })
         .collect()
+}
+
+/// An unlabelled metric of `s` (0 when absent or unreachable).
+pub async fn metric(s: &Server, name: &str) -> f64 {
+    let Ok(r) = s.http.get(s.at("/metrics")).send().await else { return 0.0 };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The status `GET /health/ready` answers (0 when unreachable).
+pub async fn ready_status(s: &Server) -> u16 {
+    match s.http.get(s.at("/health/ready")).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
 }
 
 /// The sibling values of a JSON read body, sorted (`<deleted>` for a

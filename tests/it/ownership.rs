@@ -1,0 +1,293 @@
+//! Ownership moves with the ring (issue 10), with real processes: joins,
+//! deaths, returns, leaves and wiped disks, checked through `/cluster/*`,
+//! `/health/ready` and reads at r=1.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::support::{
+    eventually, member_statuses, metric, ready_status, replica_versions, sorted_values, Cluster, Server, DEADLINE, FAST,
+};
+
+async fn put(s: &Server, key: &str, value: &str, query: &str) -> u16 {
+    s.http.put(s.at(&format!("/kv/{key}{query}"))).body(value.to_string()).send().await.unwrap().status().as_u16()
+}
+
+/// Every running node of `c` is ready, stores nothing of a partition it
+/// does not own, and has nothing left to move.
+async fn settled(c: &Cluster, skip: &[usize]) -> bool {
+    for (i, s) in c.nodes.iter().enumerate() {
+        if skip.contains(&i) {
+            continue;
+        }
+        if ready_status(s).await != 200 || metric(s, "dynakv_partitions_stored_unowned").await != 0.0 {
+            return false;
+        }
+        let m: Value = s.http.get(s.at("/cluster/members")).send().await.unwrap().json().await.unwrap();
+        let moving = |m: &&Value| m["status"] != "left" && (m["transfers_in"] != 0 || m["transfers_out"] != 0);
+        if m["members"].as_array().unwrap().iter().any(|m| moving(&m)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether every replica of `key`, asked through `via`, holds one version.
+async fn on_every_replica(via: &Server, key: &str) -> bool {
+    let reps = replica_versions(via, key).await;
+    !reps.is_empty() && reps.iter().all(|(_, reachable, v)| *reachable && v.len() == 1)
+}
+
+#[tokio::test]
+async fn a_node_joining_a_loaded_cluster_serves_every_key_during_the_move() {
+    let mut c = Cluster::start(3, &[]).await;
+    let value = |i: usize| format!("{i}-{}", "x".repeat(4000));
+    for i in 0..600 {
+        assert_eq!(put(c.node(i % 3), &format!("k{i}"), &value(i), "?w=all").await, 204);
+    }
+    // Throttled, so the move takes seconds.
+    let n4 = c.join(FAST, &["--transfer-max-mib-per-sec", "1"]).await;
+    let mut reads = 0;
+    let mut not_ready_seen = false;
+    let start = std::time::Instant::now();
+    loop {
+        for s in &c.nodes {
+            let i = (reads * 7) % 600;
+            let r = s.http.get(s.at(&format!("/kv/k{i}?r=1"))).send().await.unwrap();
+            let status = r.status();
+            if status != 200 {
+                panic!("k{i} missed through {} during the move: {status} {}", s.url, r.text().await.unwrap());
+            }
+            assert!(r.text().await.unwrap().starts_with(&format!("{i}-")));
+            reads += 1;
+        }
+        match ready_status(c.node(n4)).await {
+            200 => break,
+            _ => not_ready_seen = true,
+        }
+        assert!(start.elapsed() < DEADLINE * 2, "n4 never became ready");
+    }
+    assert!(not_ready_seen, "readiness waited for the move");
+    assert!(reads > 20, "{reads} reads during the move");
+    // Ready means it holds every key it replicates.
+    for i in 0..600 {
+        let key = format!("k{i}");
+        let reps = replica_versions(c.node(n4), &key).await;
+        if let Some((_, _, v)) = reps.iter().find(|(n, _, _)| n == "n4") {
+            assert_eq!(v.len(), 1, "{key} not on n4 although it is ready");
+        }
+    }
+    eventually("every node stores exactly what it owns", || settled(&c, &[])).await;
+    let owned = metric(c.node(n4), "dynakv_partitions_owned").await;
+    assert!(owned > 0.0 && owned < 64.0, "n4 owns a share: {owned}");
+}
+
+#[tokio::test]
+async fn a_dead_nodes_partitions_are_re_replicated_and_move_back_when_it_returns() {
+    let timers = [
+        "--gossip-interval-ms",
+        "50",
+        "--suspect-after-ms",
+        "600",
+        "--dead-after-ms",
+        "1500",
+        "--request-timeout-ms",
+        "300",
+    ];
+    let mut c = Cluster::start_with(4, &timers, &[]).await;
+    for i in 0..200 {
+        assert_eq!(put(c.node(0), &format!("d{i}"), "v", "?w=all").await, 204);
+    }
+    eventually("settled", || settled(&c, &[])).await;
+    c.nodes[3].kill();
+    eventually("n4 dead everywhere", || async {
+        for s in &c.nodes[..3] {
+            if member_statuses(s).await.get("n4").map(String::as_str) != Some("dead") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eventually("every key on three live replicas again", || async {
+        for i in 0..200 {
+            let reps = replica_versions(c.node(0), &format!("d{i}")).await;
+            if reps.len() != 3
+                || reps.iter().any(|(n, _, _)| n == "n4")
+                || !on_every_replica(c.node(0), &format!("d{i}")).await
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eventually("the survivors settled", || settled(&c, &[3])).await;
+    c.nodes[3].restart().await;
+    c.wait_all_alive().await;
+    eventually("the ring moved n4's partitions back, with every key", || async {
+        let mut n4_replicates = 0;
+        for i in 0..200 {
+            let key = format!("d{i}");
+            let reps = replica_versions(c.node(3), &key).await;
+            n4_replicates += usize::from(reps.iter().any(|(n, _, _)| n == "n4"));
+            if !on_every_replica(c.node(3), &key).await {
+                return false;
+            }
+        }
+        n4_replicates > 0
+    })
+    .await;
+    eventually("every node stores exactly what it owns", || settled(&c, &[])).await;
+}
+
+#[tokio::test]
+async fn a_wiped_node_rejoining_under_its_old_id_loses_no_write_made_through_it() {
+    // Durable acks: nodes are killed in this test.
+    let mut c = Cluster::start(3, &["--sync-writes"]).await;
+    for round in 0..3 {
+        for i in 0..40 {
+            assert_eq!(put(c.node(2), &format!("a{i}"), &format!("old{round}-{i}"), "?w=all").await, 204);
+        }
+    }
+    c.nodes[2].kill();
+    std::fs::remove_dir_all(c.nodes[2].data_dir()).unwrap();
+    c.nodes[2].restart().await;
+    // At once, while it refills, then once it is ready (it coordinates).
+    for i in 0..20 {
+        assert_eq!(put(c.node(2), &format!("a{i}"), &format!("new-{i}"), "?w=quorum").await, 204);
+    }
+    eventually("n3 ready", || async { ready_status(c.node(2)).await == 200 }).await;
+    for i in 20..40 {
+        assert_eq!(put(c.node(2), &format!("a{i}"), &format!("new-{i}"), "?w=quorum").await, 204);
+    }
+    for i in 0..10 {
+        assert_eq!(put(c.node(2), &format!("fresh{i}"), "f", "?w=quorum").await, 204);
+    }
+    for s in &c.nodes {
+        for i in 0..40 {
+            let r =
+                s.http.get(s.at(&format!("/kv/a{i}?r=all"))).header("Accept", "application/json").send().await.unwrap();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(sorted_values(&body), [format!("new-{i}")], "a{i} through {}", s.url);
+        }
+        for i in 0..10 {
+            assert_eq!(s.get(&format!("fresh{i}")).await.2, "f");
+        }
+    }
+}
+
+#[tokio::test]
+async fn another_partition_count_and_a_duplicate_live_id_are_refused() {
+    let c = Cluster::start(2, &[]).await;
+    let seed = c.node(0).url.clone();
+    let mut odd_args = vec!["--node-id", "odd", "--partitions", "32", "--seeds", &seed];
+    odd_args.extend_from_slice(FAST);
+    let odd = Server::start(&odd_args).await;
+    let mut dup_args = vec!["--node-id", "n2", "--seeds", &seed];
+    dup_args.extend_from_slice(FAST);
+    let dup = Server::start(&dup_args).await;
+    eventually("both tried to join for a while", || async {
+        metric(&odd, "dynakv_gossip_rounds_total").await >= 20.0
+            && metric(&dup, "dynakv_gossip_rounds_total").await >= 20.0
+    })
+    .await;
+    for s in &c.nodes {
+        let m: Value = s.http.get(s.at("/cluster/members")).send().await.unwrap().json().await.unwrap();
+        let members: BTreeMap<String, (String, String)> = m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let f = |k: &str| m[k].as_str().unwrap().to_string();
+                (f("id"), (f("address"), f("status")))
+            })
+            .collect();
+        assert_eq!(members.len(), 2, "{members:?}");
+        assert_eq!(members["n2"], (c.node(1).url.clone(), "alive".to_string()), "n2 stays where it is alive");
+    }
+    assert_eq!(ready_status(&odd).await, 503, "the odd node never joined");
+    // The cluster keeps serving.
+    assert_eq!(put(c.node(1), "still", "here", "?w=all").await, 204);
+    assert_eq!(c.node(0).get("still").await.2, "here");
+}
+
+#[tokio::test]
+async fn writes_under_load_survive_a_join_a_leave_and_a_join() {
+    let mut c = Cluster::start(3, &[]).await;
+    let targets = Arc::new(Mutex::new(c.nodes.iter().map(|s| s.url.clone()).collect::<Vec<_>>()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_so_far = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Four writers, each with its own keys, through the nodes in turn.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (targets, stop, count) = (targets.clone(), stop.clone(), acked_so_far.clone());
+            tokio::spawn(async move {
+                let http = crate::support::client();
+                let (mut attempted, mut acked) = (0usize, Vec::new());
+                while !stop.load(Ordering::SeqCst) {
+                    let url = {
+                        let t = targets.lock().unwrap();
+                        t[(attempted + w) % t.len()].clone()
+                    };
+                    let key = format!("load{w}-{attempted}");
+                    attempted += 1;
+                    let ok = http
+                        .put(format!("{url}/kv/{key}?w=quorum"))
+                        .body(format!("v-{key}"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 204);
+                    if ok {
+                        acked.push(key);
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                (attempted, acked)
+            })
+        })
+        .collect();
+    let n4 = c.join(FAST, &[]).await;
+    targets.lock().unwrap().push(c.node(n4).url.clone());
+    eventually("n4 ready", || async { ready_status(c.node(n4)).await == 200 }).await;
+    // n2 leaves: clients stop using it first, as a load balancer would.
+    targets.lock().unwrap().retain(|u| *u != c.node(1).url);
+    let r = c.nodes[1].http.post(c.nodes[1].at("/cluster/leave")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(c.nodes[1].wait().success());
+    let n5 = c.join(FAST, &[]).await;
+    targets.lock().unwrap().push(c.node(n5).url.clone());
+    eventually("n5 ready", || async { ready_status(c.node(n5)).await == 200 }).await;
+    let seen = acked_so_far.load(Ordering::SeqCst);
+    eventually("more writes after the last join", || async { acked_so_far.load(Ordering::SeqCst) >= seen + 100 }).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut attempted, mut acked) = (0, Vec::new());
+    for w in writers {
+        let (a, k) = w.await.unwrap();
+        attempted += a;
+        acked.extend(k);
+    }
+    eventually("settled", || settled(&c, &[1])).await;
+    let mut lost = Vec::new();
+    for key in &acked {
+        for (i, s) in c.nodes.iter().enumerate() {
+            if i == 1 {
+                continue;
+            }
+            let r = s.http.get(s.at(&format!("/kv/{key}?r=quorum"))).send().await.unwrap();
+            if r.status() != 200 || r.text().await.unwrap() != format!("v-{key}") {
+                lost.push((key.clone(), s.url.clone()));
+            }
+        }
+    }
+    println!(
+        "load through join, leave, join: attempted {attempted}, acknowledged {}, lost {}",
+        acked.len(),
+        lost.len()
+    );
+    assert!(acked.len() > 100, "the load ran: {} of {attempted}", acked.len());
+    assert!(lost.is_empty(), "lost: {lost:?}");
+}
