@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -121,6 +122,24 @@ pub fn versions_json(record: &Record) -> Vec<Value> {
             json!({ "clock": clock, "deleted": v.payload.deleted, "timestamp": v.payload.timestamp_ms })
         })
         .collect()
+}
+
+/// Lets an admin request through only with `Authorization: Bearer <secret>`
+/// when `--cluster-secret` is set (compared in constant time); otherwise 401
+/// `unauthorized` and nothing happens.
+pub async fn require_admin(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    if let Some(secret) = &node.cfg().cluster_secret {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !given.is_some_and(|g| super::internal::constant_time_eq(g.as_bytes(), secret.as_bytes())) {
+            return ApiError::AdminUnauthorized.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// `POST /cluster/leave`: 202, then hand off and exit 0.

@@ -50,6 +50,9 @@ pub enum ApiError {
     /// Internal route without the cluster secret.
     #[error("missing or wrong cluster secret")]
     Unauthorized,
+    /// Admin route without `Authorization: Bearer <cluster secret>`.
+    #[error("this route changes the cluster: send Authorization: Bearer <the cluster secret>")]
+    AdminUnauthorized,
     /// Internal route body that does not decode.
     #[error("{0}")]
     InvalidBody(String),
@@ -106,7 +109,7 @@ impl ApiError {
             ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             ApiError::InvalidContext(_) => (StatusCode::BAD_REQUEST, "invalid_context"),
             ApiError::InvalidContentType => (StatusCode::BAD_REQUEST, "invalid_content_type"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unauthorized | ApiError::AdminUnauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::HintBacklogFull => (StatusCode::SERVICE_UNAVAILABLE, "hint_backlog_full"),
             ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
@@ -153,6 +156,9 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut resp = (status, Json(body)).into_response();
+        if matches!(self, ApiError::AdminUnauthorized) {
+            resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(ctx) = context {
             if let Ok(v) = HeaderValue::from_str(&token::encode(&ctx)) {
                 resp.headers_mut().insert(super::X_CONTEXT, v);

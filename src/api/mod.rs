@@ -63,6 +63,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(Route::Transfer.path(), post(internal::transfer))
         .layer(DefaultBodyLimit::max(internal_limit))
         .layer(middleware::from_fn_with_state(node.clone(), internal::require_secret));
+    // Routes that change the cluster: with --cluster-secret they need
+    // `Authorization: Bearer <secret>` (SPEC §3, "Admin routes").
+    let admin = Router::new()
+        .route("/cluster/leave", post(cluster::leave))
+        .layer(middleware::from_fn_with_state(node.clone(), cluster::require_admin));
     let public = Router::new()
         .route("/kv/{key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/health", get(cluster::health))
@@ -71,7 +76,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/cluster/members", get(cluster::members))
         .route("/cluster/ring", get(cluster::ring))
         .route("/cluster/replicas/{key}", get(cluster::replicas))
-        .route("/cluster/leave", post(cluster::leave))
+        .merge(admin)
         .layer(DefaultBodyLimit::max(body_limit));
     public
         .merge(internal)

@@ -481,3 +481,31 @@ async fn tombstones_are_purged_on_every_replica_once_all_hold_them() {
     .await;
     assert_eq!(c.node(0).get("gone").await.0, 404);
 }
+
+#[tokio::test]
+async fn leave_needs_the_bearer_secret_when_one_is_set() {
+    let mut c = Cluster::start(2, &["--cluster-secret", "s3cret"]).await;
+    let s = c.node(1);
+    for auth in [None, Some("Bearer wrong"), Some("s3cret"), Some("Basic s3cret")] {
+        let mut req = s.http.post(s.at("/cluster/leave"));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert!(r.headers().contains_key("www-authenticate"));
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "unauthorized");
+    }
+    // Nothing happened: it still serves and both still see it alive.
+    assert_eq!(put(s, "k", "v", "?w=all", None).await.status(), 204);
+    for n in &c.nodes {
+        assert_eq!(member_statuses(n).await.get("n2").map(String::as_str), Some("alive"));
+    }
+    // Read-only routes stay open.
+    assert_eq!(s.http.get(s.at("/cluster/members")).send().await.unwrap().status(), 200);
+    let r = s.http.post(s.at("/cluster/leave")).header("Authorization", "Bearer s3cret").send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(c.nodes[1].wait().success(), "a leaving node exits 0");
+    eventually("n2 left", || async { member_statuses(c.node(0)).await.get("n2").map(String::as_str) == Some("left") })
+        .await;
+}
