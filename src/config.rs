@@ -119,6 +119,27 @@ pub struct Config {
     #[arg(long, env = "DYNAKV_TRANSFER_MAX_MIB_PER_SEC", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub transfer_max_mib_per_sec: u64,
 
+    /// Client requests served at once; past it a client request gets 503
+    /// `overloaded` at once instead of waiting (/health, /health/ready,
+    /// /metrics, /cluster/members and /cluster/ring are exempt).
+    #[arg(long, env = "DYNAKV_MAX_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_requests: u32,
+
+    /// Node-to-node requests served at once (budgeted apart from clients,
+    /// so a client flood cannot starve replication; gossip is exempt).
+    #[arg(long, env = "DYNAKV_MAX_INTERNAL_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_internal_requests: u32,
+
+    /// Open connections at most; past it new connections wait in the
+    /// listen backlog.
+    #[arg(long, env = "DYNAKV_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// A connection that takes longer than this to send a request's headers,
+    /// or sits idle between requests for this long, is closed.
+    #[arg(long, env = "DYNAKV_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, env = "DYNAKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -34,8 +34,8 @@
 //! - [`gossip`], [`handoff`], [`reaper`], [`antientropy`], [`transfer`]:
 //!   background workers (membership, hinted handoff and leave, expiry and
 //!   tombstone purge, Merkle tree exchange, ownership transfers).
-//! - [`harness`]: an in-memory network of real nodes for tests and
-//!   simulations.
+//! - [`harness`]: an in-memory network of real nodes for tests.
+//! - [`sim`]: membership and placement simulated at scale (no network).
 //!
 //! Edge and wiring:
 //! - [`api`]: axum router, handlers, JSON errors.
@@ -63,6 +63,7 @@ pub mod replica;
 pub mod ring;
 pub mod rpc;
 pub mod server;
+pub mod sim;
 pub mod storage;
 pub mod transfer;
 pub mod transport;

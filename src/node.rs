@@ -286,11 +286,21 @@ impl Node {
     /// (an id alive at another address) are logged once each.
     pub fn apply_gossip(&self, digests: &[Digest]) {
         let mut conflicts = Vec::new();
+        let mut overflow = 0;
         self.update_members(|t| {
             let changed = t.merge(digests, SystemTime::now());
             conflicts = t.take_conflicts();
+            overflow = t.take_overflow();
             changed
         });
+        if overflow > 0 {
+            self.log_once("member table full".into(), || {
+                tracing::error!(
+                    limit = crate::membership::MAX_TABLE,
+                    "the member table is full; new members heard by gossip are ignored"
+                )
+            });
+        }
         self.heard_cluster.store(true, Ordering::SeqCst);
         for c in conflicts {
             self.log_once(format!("id {} at {}", c.id, c.claimed_by), || {

@@ -88,13 +88,16 @@ pub async fn run(
         }
         stop_serving.cancel();
     });
-    let graceful = stop.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { graceful.cancelled().await });
+    let cfg = node.cfg();
+    let limits = ConnLimits {
+        max_connections: cfg.max_connections as usize,
+        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+    };
     tracing::info!(node_id = %node.id(), address = %node.address(), "dynakv serving");
-    let served = tokio::spawn(async move { server.await });
+    let served = tokio::spawn(serve_http(listener, app, limits, stop.clone()));
     stop.cancelled().await;
     tracing::info!("shutting down: draining in-flight requests");
-    match tokio::time::timeout(DRAIN_TIMEOUT, served).await {
+    match tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), served).await {
         Ok(Ok(Err(e))) => return Err(StartError::Serve(e)),
         Ok(_) => {}
         Err(_) => tracing::warn!("in-flight requests still running after {DRAIN_TIMEOUT:?}; closing anyway"),
@@ -113,6 +116,71 @@ pub async fn run(
     node.close_transport(DRAIN_TIMEOUT).await;
     node.storage().flush().await?;
     tracing::info!("stopped; data flushed");
+    Ok(())
+}
+
+/// Limits on connections (SPEC §3, "Overload": slow and idle clients).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Open connections at most; past it new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Time to send a request's headers, and to send the next request on an
+    /// idle keep-alive connection (hyper starts the header timer whenever a
+    /// connection waits for a request head).
+    pub header_timeout: Duration,
+}
+
+/// Serves `app` on `listener` with [`ConnLimits`] until `stop` fires, then
+/// lets open connections finish their requests (at most
+/// [`DRAIN_TIMEOUT`]). HTTP/1.1 and HTTP/2.
+pub async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnLimits,
+    stop: CancellationToken,
+) -> Result<(), std::io::Error> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(limits.header_timeout);
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = permits.clone().acquire_owned() => p.expect("connection semaphore never closed"),
+        };
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a moment
+                    // rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing anyway");
+    }
     Ok(())
 }
 

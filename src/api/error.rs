@@ -66,6 +66,12 @@ pub enum ApiError {
     /// applied there; it is not retried elsewhere.
     #[error("the request was relayed to replica {peer}, which did not answer ({reason}); the write may have been applied there and spreads from there if so")]
     ForwardFailed { peer: String, needed: usize, reason: String },
+    /// More requests in progress than the node's budget (load shedding).
+    #[error("this node is serving as many requests as it can; retry shortly, or ask another node")]
+    Overloaded,
+    /// The request ran past its deadline.
+    #[error("the request did not finish within its deadline; if it was a write, it may have been applied")]
+    DeadlineExceeded,
     /// This node cannot serve the request yet (it just started and has not
     /// heard from the cluster).
     #[error("{0}")]
@@ -122,6 +128,9 @@ impl ApiError {
             // with the context (SPEC §4, "Failures are 503").
             ApiError::ForwardFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "quorum_not_met"),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            // Running past the deadline is a symptom of overload too.
+            ApiError::DeadlineExceeded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Coord(CoordError::Storage(_)) | ApiError::Storage(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")
             }

@@ -16,12 +16,17 @@ pub mod kv;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use crate::node::Node;
@@ -55,35 +60,68 @@ pub fn router(node: Arc<Node>) -> Router {
         usize::try_from(cfg.max_value_bytes.saturating_mul(u64::from(cfg.max_siblings) + 1).saturating_add(1 << 20))
             .unwrap_or(usize::MAX)
             .min(1 << 30);
+    // Overload (SPEC §3): client and internal requests each have a budget
+    // of requests in progress; past it a request is refused with 503
+    // `overloaded` at once (load shedding) instead of queueing, and one that
+    // runs past its deadline gets 503 too. Gossip, health, metrics and the
+    // membership views are exempt: they are cheap and must keep answering.
+    let client_budget = GlobalConcurrencyLimitLayer::new(cfg.max_requests as usize);
+    let internal_budget = GlobalConcurrencyLimitLayer::new(cfg.max_internal_requests as usize);
+    let deadline = node.timeout() * 4 + Duration::from_secs(2);
     let internal = Router::new()
-        .route(Route::Gossip.path(), post(internal::gossip).layer(DefaultBodyLimit::max(internal::MAX_GOSSIP_BYTES)))
         .route(Route::Batch.path(), post(internal::batch))
         .route(Route::Hint.path(), post(internal::hint))
         .route(Route::AntiEntropy.path(), post(internal::anti_entropy))
         .route(Route::Transfer.path(), post(internal::transfer))
         .layer(DefaultBodyLimit::max(internal_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(shed_error))
+                .load_shed()
+                .layer(internal_budget)
+                .timeout(deadline),
+        )
+        .route(Route::Gossip.path(), post(internal::gossip).layer(DefaultBodyLimit::max(internal::MAX_GOSSIP_BYTES)))
         .layer(middleware::from_fn_with_state(node.clone(), internal::require_secret));
     // Routes that change the cluster: with --cluster-secret they need
     // `Authorization: Bearer <secret>` (SPEC §3, "Admin routes").
     let admin = Router::new()
         .route("/cluster/leave", post(cluster::leave))
         .layer(middleware::from_fn_with_state(node.clone(), cluster::require_admin));
-    let public = Router::new()
+    let client = Router::new()
         .route("/kv/{key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/cluster/replicas/{key}", get(cluster::replicas))
+        .merge(admin)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(shed_error))
+                .load_shed()
+                .layer(client_budget)
+                .timeout(deadline),
+        );
+    let exempt = Router::new()
         .route("/health", get(cluster::health))
         .route("/health/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))
         .route("/cluster/members", get(cluster::members))
-        .route("/cluster/ring", get(cluster::ring))
-        .route("/cluster/replicas/{key}", get(cluster::replicas))
-        .merge(admin)
-        .layer(DefaultBodyLimit::max(body_limit));
-    public
+        .route("/cluster/ring", get(cluster::ring));
+    client
+        .merge(exempt)
         .merge(internal)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .layer(TraceLayer::new_for_http())
         .with_state(node)
+}
+
+/// What load shedding and deadlines answer: 503 JSON errors.
+async fn shed_error(err: tower::BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::DeadlineExceeded
+    } else {
+        ApiError::Overloaded
+    }
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -373,3 +373,40 @@ async fn an_empty_replica_is_refilled() {
     }
     assert!(same_trees(cn, c.node("a")));
 }
+
+// Internal routes fed arbitrary bodies.
+
+/// One in-memory node shared by the fuzzing cases (opening sled per case
+/// would dominate), on a runtime of its own.
+fn fuzz_target() -> &'static (tokio::runtime::Runtime, Mem) {
+    static TARGET: std::sync::OnceLock<(tokio::runtime::Runtime, Mem)> = std::sync::OnceLock::new();
+    TARGET.get_or_init(|| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let mem = rt.block_on(async { Mem::new(2, &[]) });
+        (rt, mem)
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    /// Every internal route answers arbitrary bytes (raw, or behind the
+    /// right format byte) with a refusal or an answer, never a panic, and
+    /// the node keeps serving.
+    #[test]
+    fn internal_routes_survive_arbitrary_bodies(
+        route in 0usize..5,
+        framed in proptest::prelude::any::<bool>(),
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+    ) {
+        let (rt, mem) = fuzz_target();
+        let route = [Route::Gossip, Route::Batch, Route::Hint, Route::AntiEntropy, Route::Transfer][route];
+        let mut body = if framed { vec![crate::transport::wire::FORMAT] } else { Vec::new() };
+        body.extend_from_slice(&bytes);
+        let node = mem.node("a").clone();
+        rt.block_on(async move {
+            let _ = crate::rpc::handle(&node, route, &body).await;
+            // Still serving.
+            coordinator::write(&node, write("after-fuzz", "v", Level::Count(1))).await.unwrap();
+        });
+    }
+}

@@ -125,6 +125,10 @@ impl Digest {
     }
 }
 
+/// Most members a table keeps: digests naming new members past it are
+/// ignored (and counted), so a peer cannot grow the table without bound.
+pub const MAX_TABLE: usize = 10_000;
+
 /// The membership table of one node.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -135,6 +139,9 @@ pub struct Table {
     last_refresh: SystemTime,
     /// Claims refused by merges since the last [`Table::take_conflicts`].
     conflicts: Vec<Conflict>,
+    /// New members ignored because the table was full, since the last
+    /// [`Table::take_overflow`].
+    overflow: u64,
 }
 
 impl Table {
@@ -153,7 +160,7 @@ impl Table {
                 transfers_out: 0,
             },
         );
-        Self { me: me.to_string(), members, last_refresh: now, conflicts: Vec::new() }
+        Self { me: me.to_string(), members, last_refresh: now, conflicts: Vec::new(), overflow: 0 }
     }
 
     /// Announces this node's transfer counts with its next digests.
@@ -166,6 +173,11 @@ impl Table {
     /// The claims refused since the last call.
     pub fn take_conflicts(&mut self) -> Vec<Conflict> {
         std::mem::take(&mut self.conflicts)
+    }
+
+    /// New members ignored because the table was full, since the last call.
+    pub fn take_overflow(&mut self) -> u64 {
+        std::mem::take(&mut self.overflow)
     }
 
     /// This node's id.
@@ -291,7 +303,9 @@ impl Table {
                 }
                 continue;
             }
+            let full = self.members.len() >= MAX_TABLE;
             match self.members.get_mut(&d.id) {
+                None if full => self.overflow += 1,
                 None => {
                     self.members.insert(d.id.clone(), d.to_member(now));
                     changed = true;
@@ -356,6 +370,19 @@ mod tests {
             transfers_in: 0,
             transfers_out: 0,
         }
+    }
+
+    #[test]
+    fn the_table_does_not_grow_past_its_bound() {
+        let mut t = Table::new("a", "http://a", 1, at(0));
+        let many: Vec<Digest> = (0..MAX_TABLE + 50).map(|i| d(&format!("m{i}"), 1)).collect();
+        t.merge(&many, at(0));
+        assert_eq!(t.members().count(), MAX_TABLE);
+        assert_eq!(t.take_overflow(), 51);
+        // Known members still update.
+        t.merge(&[d("m0", 9)], at(1));
+        assert_eq!(t.get("m0").unwrap().heartbeat, 9);
+        assert_eq!(t.take_overflow(), 0);
     }
 
     #[test]

@@ -348,5 +348,84 @@ mod tests {
         assert_eq!(decode::<AeReply>(&encode(&reply)), Some(reply));
     }
 
+    use proptest::prelude::*;
+
+    /// Every decoder of internal messages, on the same bytes.
+    fn decode_all(bytes: &[u8]) {
+        let _ = decode::<Vec<BatchOp>>(bytes);
+        let _ = decode::<Vec<BatchReply>>(bytes);
+        let _ = decode::<HintRequest>(bytes);
+        let _ = decode::<AeCompare>(bytes);
+        let _ = decode::<AeReply>(bytes);
+        let _ = decode::<TransferRequest>(bytes);
+        let _ = decode::<TransferReply>(bytes);
+        let _ = serde_json::from_slice::<GossipMessage>(bytes);
+    }
+
+    /// Valid encodings of every message kind.
+    fn samples() -> Vec<Vec<u8>> {
+        let rec = golden_record();
+        vec![
+            batch_body(&[
+                read_op(b"k"),
+                write_op(b"key", &rec),
+                purge_op(b"k", &[Dot { node: "a".into(), counter: 1 }]),
+            ])
+            .to_vec(),
+            encode(&vec![BatchReply::Read(Some(rec.clone())), BatchReply::Written]),
+            hint_request("owner", b"key", &rec).to_vec(),
+            encode(&AeCompare { nodes: vec![NodeHash { partition: 1, level: 3, index: 9, hash: [7; 8] }] }),
+            encode(&AeReply {
+                diffs: vec![AeDiff::Children { partition: 1, level: 0, index: 0, hashes: vec![[1; 8]; 16] }],
+            }),
+            encode(&TransferRequest { partition: 2, after: Some(b"k".to_vec().into()), limit: 10 }),
+            encode(&TransferReply {
+                holds: true,
+                has_data: true,
+                items: vec![(b"k".to_vec().into(), rec)],
+                next: None,
+            }),
+        ]
+    }
+
+    proptest! {
+        /// No decoder panics on arbitrary bytes.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            decode_all(&bytes);
+            let mut framed = vec![FORMAT];
+            framed.extend_from_slice(&bytes);
+            decode_all(&framed);
+        }
+
+        /// A message cut short or with a byte changed decodes to an error or
+        /// to some message, never a panic; cut short it is an error.
+        #[test]
+        fn damaged_messages_are_refused(pick in 0usize..7, cut in 0usize..4096, flip in 0usize..4096, bit in 0u8..8) {
+            let sample = &samples()[pick];
+            let cut = cut % sample.len();
+            decode_all(&sample[..cut]);
+            if pick == 0 {
+                prop_assert!(decode::<Vec<BatchOp>>(&sample[..cut]).is_none(), "a batch cut at {} decoded", cut);
+            }
+            let mut flipped = sample.clone();
+            let at = flip % flipped.len();
+            flipped[at] ^= 1 << bit;
+            decode_all(&flipped);
+        }
+    }
+
+    #[test]
+    fn every_sample_decodes() {
+        let s = samples();
+        assert!(decode::<Vec<BatchOp>>(&s[0]).is_some());
+        assert!(decode::<Vec<BatchReply>>(&s[1]).is_some());
+        assert!(decode::<HintRequest>(&s[2]).is_some());
+        assert!(decode::<AeCompare>(&s[3]).is_some());
+        assert!(decode::<AeReply>(&s[4]).is_some());
+        assert!(decode::<TransferRequest>(&s[5]).is_some());
+        assert!(decode::<TransferReply>(&s[6]).is_some());
+    }
+
     const GOLDEN_BATCH: &str = "010300016b01016b0201610100000268690a746578742f706c61696e80d095ffbc3101e0a499ffbc31000162070000000081d095ffbc310001000002016b01016101";
 }

@@ -8,6 +8,7 @@ mod bad_input;
 mod cluster;
 mod durability;
 mod openapi;
+mod overload;
 mod ownership;
 mod startup;
 mod support;

@@ -6,6 +6,8 @@
 //! - `dynakv-bench baseline --backend memory|sled`: a minimal key-value server
 //!   with the same routes, so a report can state dynakv's rate as a fraction
 //!   of what plain HTTP and plain sled allow on the same machine.
+//! - `dynakv-bench simulate`: membership and placement at 10, 100 and 1,000
+//!   nodes, simulated in one process.
 //!
 //! Latency is recorded in HDR histograms (microseconds). Closed-loop runs
 //! (no `--rate`) measure saturation throughput and service time. Open-loop
@@ -15,6 +17,7 @@
 
 mod baseline;
 mod load;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +34,8 @@ enum Cmd {
     Run(load::RunArgs),
     /// Serve a baseline key-value store with dynakv's routes.
     Baseline(baseline::BaselineArgs),
+    /// Simulate membership and placement at 10, 100 and 1,000 nodes.
+    Simulate(simulate::SimArgs),
 }
 
 // The same allocator as dynakv, so baselines compare like with like.
@@ -43,6 +48,7 @@ async fn main() {
     let result = match cli.cmd {
         Cmd::Run(args) => load::run(args).await,
         Cmd::Baseline(args) => baseline::serve(args).await,
+        Cmd::Simulate(args) => simulate::simulate(args),
     };
     if let Err(e) = result {
         eprintln!("dynakv-bench: error: {e}");
