@@ -53,7 +53,8 @@ impl SimConfig {
 pub struct SimReport {
     /// Members before the join.
     pub nodes: usize,
-    /// Rounds until every member knew a new member (as alive).
+    /// Rounds until every member knew a new member (on the ring: alive, or
+    /// suspect for a moment).
     pub join_rounds: u64,
     /// Rounds until the new member knew every member.
     pub join_learn_rounds: u64,
@@ -76,6 +77,10 @@ pub struct SimReport {
     pub idle_members: usize,
     /// Bytes of one gossip message carrying every member (JSON).
     pub gossip_bytes: usize,
+    /// In steady state, the share of (observer, member) pairs where the
+    /// observer wrongly holds a running member suspect: its heartbeat took
+    /// longer than the suspect timeout to arrive.
+    pub false_suspect_share: f64,
 }
 
 fn id(i: usize) -> String {
@@ -147,12 +152,21 @@ impl Sim {
         }
     }
 
-    fn all_see(&self, member: &str, status: Status) -> bool {
-        self.tables
-            .iter()
-            .flatten()
-            .filter(|t| t.me() != member)
-            .all(|t| t.get(member).is_some_and(|m| m.status == status))
+    fn all_see(&self, member: &str, ok: impl Fn(Status) -> bool) -> bool {
+        self.tables.iter().flatten().filter(|t| t.me() != member).all(|t| t.get(member).is_some_and(|m| ok(m.status)))
+    }
+
+    /// Share of (observer, other member) pairs not seen alive, among
+    /// running members.
+    fn not_alive_share(&self) -> f64 {
+        let (mut bad, mut all) = (0usize, 0usize);
+        for t in self.tables.iter().flatten() {
+            for m in t.members().filter(|m| m.id != t.me()) {
+                all += 1;
+                bad += usize::from(m.status != Status::Alive);
+            }
+        }
+        bad as f64 / all.max(1) as f64
     }
 }
 
@@ -178,6 +192,17 @@ pub fn run(cfg: SimConfig) -> SimReport {
     const LIMIT: u64 = 10_000;
     let n = cfg.nodes;
     let mut sim = Sim::new(cfg);
+    // Steady state first: every member starts with the same heartbeat at the
+    // same time, which says nothing about a running cluster.
+    let dead_rounds = (cfg.timeouts.dead_after.as_millis() / cfg.interval.as_millis().max(1)) as u64;
+    let mut suspect = Vec::new();
+    for r in 0..2 * dead_rounds {
+        sim.round();
+        if r >= dead_rounds {
+            suspect.push(sim.not_alive_share());
+        }
+    }
+    let false_suspect_share = suspect.iter().sum::<f64>() / suspect.len().max(1) as f64;
     // A join: a new member seeded with node 0.
     let newcomer = id(n);
     sim.tables.push(Some(Table::new(&newcomer, &format!("http://{newcomer}"), 1, at(sim.t0, cfg.interval, sim.round))));
@@ -186,12 +211,12 @@ pub fn run(cfg: SimConfig) -> SimReport {
     let mut learn_rounds = None;
     while (join_rounds.is_none() || learn_rounds.is_none()) && sim.round - start < LIMIT {
         sim.round();
-        if join_rounds.is_none() && sim.all_see(&newcomer, Status::Alive) {
+        if join_rounds.is_none() && sim.all_see(&newcomer, Status::on_ring) {
             join_rounds = Some(sim.round - start);
         }
         if learn_rounds.is_none() {
             let t = sim.tables[n].as_ref().expect("running");
-            if t.members().filter(|m| m.status == Status::Alive).count() == n + 1 {
+            if t.members().filter(|m| m.status.on_ring()).count() == n + 1 {
                 learn_rounds = Some(sim.round - start);
             }
         }
@@ -203,12 +228,11 @@ pub fn run(cfg: SimConfig) -> SimReport {
     let mut failure_rounds = None;
     while failure_rounds.is_none() && sim.round - start < LIMIT {
         sim.round();
-        if sim.all_see(&failed, Status::Dead) {
+        if sim.all_see(&failed, |s| s == Status::Dead) {
             failure_rounds = Some(sim.round - start);
         }
     }
     let failure_rounds = failure_rounds.unwrap_or(LIMIT);
-    let dead_rounds = (cfg.timeouts.dead_after.as_millis() / cfg.interval.as_millis().max(1)) as u64;
 
     let ids: Vec<String> = (0..n).map(id).collect();
     let before = Ring::build(&ids, cfg.params);
@@ -241,6 +265,7 @@ pub fn run(cfg: SimConfig) -> SimReport {
         max_over_mean: if mean > 0.0 { max / mean } else { 0.0 },
         idle_members: counts.iter().filter(|c| **c == 0).count(),
         gossip_bytes: serde_json::to_vec(&msg).expect("gossip serializes").len(),
+        false_suspect_share,
     }
 }
 
@@ -258,6 +283,7 @@ mod tests {
             assert!(r.join_rounds <= bound, "{n} nodes: join known by all in {} rounds > {bound}", r.join_rounds);
             assert!(r.join_learn_rounds <= bound, "{n} nodes: {} rounds to learn the cluster", r.join_learn_rounds);
             assert!(r.failure_spread_rounds <= bound, "{n} nodes: failure {:?}", r);
+            assert!(r.false_suspect_share < 0.05, "{r:?}");
             assert!(r.moved_join > 0.0 && r.moved_join <= 3.0 * r.ideal_join, "{r:?}");
             assert!(r.moved_leave > 0.0 && r.moved_leave <= 3.0 * r.ideal_leave, "{r:?}");
         }
