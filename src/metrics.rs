@@ -9,9 +9,17 @@ use prometheus::{
     TextEncoder,
 };
 
+/// Handles of `dynakv_http_*` by route template, then (method, status):
+/// bounded, as routes are templates and methods a fixed set.
+type HttpHandles = std::collections::HashMap<
+    String,
+    std::collections::HashMap<(&'static str, u16), (IntCounter, prometheus::Histogram)>,
+>;
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
+    http_handles: std::sync::RwLock<HttpHandles>,
     /// `dynakv_http_requests_total{route,method,status}`.
     pub http_requests: IntCounterVec,
     /// `dynakv_http_request_duration_seconds{route,method,status}`.
@@ -213,15 +221,38 @@ impl Metrics {
                 "Partitions this node stores something of but does not own",
             ),
             registry: r,
+            http_handles: std::sync::RwLock::default(),
         }
     }
 
-    /// Records one served HTTP request.
-    pub fn observe_http(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        let status = status.to_string();
-        let labels = [route, method, status.as_str()];
-        self.http_requests.with_label_values(&labels).inc();
-        self.http_duration.with_label_values(&labels).observe(seconds);
+    /// Records one served HTTP request. The metric handles of each (route,
+    /// method, status) are looked up once and kept, so a request costs one
+    /// map lookup, not two label hashings and a string per status.
+    pub fn observe_http(&self, route: &str, method: &'static str, status: u16, seconds: f64) {
+        let found = self
+            .http_handles
+            .read()
+            .expect("metric handles")
+            .get(route)
+            .and_then(|by| by.get(&(method, status)))
+            .cloned();
+        let (count, duration) = match found {
+            Some(h) => h,
+            None => {
+                let status_text = status.to_string();
+                let labels = [route, method, status_text.as_str()];
+                let h = (self.http_requests.with_label_values(&labels), self.http_duration.with_label_values(&labels));
+                self.http_handles
+                    .write()
+                    .expect("metric handles")
+                    .entry(route.to_string())
+                    .or_default()
+                    .insert((method, status), h.clone());
+                h
+            }
+        };
+        count.inc();
+        duration.observe(seconds);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -70,6 +70,8 @@ pub struct Node {
     logged: Mutex<HashSet<String>>,
     /// Whether gossip from another member was heard since start.
     heard_cluster: AtomicBool,
+    /// Whether `--seeds` names any node (kept, not re-parsed per request).
+    has_seeds: bool,
     /// Which partitions this node holds, receives and hands off; persisted.
     ownership: Mutex<Ownership>,
 }
@@ -126,6 +128,7 @@ impl Node {
             workers: worker::Registry::default(),
             logged: Mutex::default(),
             heard_cluster: AtomicBool::new(false),
+            has_seeds: !cfg.seed_urls().is_empty(),
             ownership: Mutex::new(ownership),
             cfg,
         };
@@ -330,7 +333,7 @@ impl Node {
     /// Whether this node knows the cluster: it is alone by design (no seeds,
     /// no other member known) or has heard gossip from a member.
     pub fn knows_cluster(&self) -> bool {
-        self.heard_cluster() || (self.cfg.seed_urls().is_empty() && self.view().members().all(|m| m.id == self.id))
+        self.heard_cluster() || (!self.has_seeds && self.view().members().all(|m| m.id == self.id))
     }
 
     /// Reads the ownership state.
@@ -380,7 +383,7 @@ impl Node {
         }
         match self.standing(p) {
             Standing::Inbound(_) => true,
-            Standing::None => view.ring().preference_list(p).contains(&self.id.as_str()),
+            Standing::None => view.ring().replicates(p, &self.id),
             Standing::Held | Standing::Outbound => false,
         }
     }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, OriginalUri, Path, Query};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::uri::PathAndQuery;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use bytes::Bytes;
 
 use super::error::ApiError;
@@ -43,10 +44,13 @@ pub struct KvRequest {
     pub wants_json: bool,
     /// The method.
     pub method: Method,
-    /// The URI as the client sent it (for forwarding).
-    pub uri: Uri,
-    /// The request headers (for forwarding).
-    pub headers: HeaderMap,
+    /// Path and query as the client sent them (for forwarding).
+    pub path_and_query: Option<PathAndQuery>,
+    /// The headers a forwarded request carries on (`Content-Type`,
+    /// `Accept`, `X-Context`), and whether it was forwarded already.
+    pub forward_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whether another node forwarded this request.
+    pub forwarded: bool,
 }
 
 impl FromRequestParts<Arc<Node>> for KvRequest {
@@ -55,12 +59,21 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         let path = Path::<String>::from_request_parts(parts, node).await;
         let key = key(node, path)?;
-        let q = query(Query::<HashMap<String, String>>::from_request_parts(parts, node).await)?;
+        // Most requests carry no query string: skip the parser then.
+        let q = if parts.uri.query().is_none() {
+            HashMap::new()
+        } else {
+            query(Query::<HashMap<String, String>>::from_request_parts(parts, node).await)?
+        };
         let writes = parts.method != Method::GET;
         let level = level(node, &q, writes)?;
         let (ttl, context) = if writes { (ttl(&q)?, context(&parts.headers)?) } else { (None, None) };
         let content_type = if parts.method == Method::PUT { content_type(&parts.headers)? } else { String::new() };
-        let uri = parts.extensions.get::<OriginalUri>().map(|o| o.0.clone()).unwrap_or_else(|| parts.uri.clone());
+        let uri = parts.extensions.get::<OriginalUri>().map(|o| &o.0).unwrap_or(&parts.uri);
+        let forward_headers = [header::CONTENT_TYPE, header::ACCEPT, HeaderName::from_static(X_CONTEXT)]
+            .into_iter()
+            .filter_map(|h| parts.headers.get(&h).cloned().map(|v| (h, v)))
+            .collect();
         Ok(Self {
             key,
             level,
@@ -69,8 +82,9 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
             content_type,
             wants_json: wants_json(&parts.headers),
             method: parts.method.clone(),
-            uri,
-            headers: parts.headers.clone(),
+            path_and_query: uri.path_and_query().cloned(),
+            forward_headers,
+            forwarded: parts.headers.contains_key(crate::transport::http::FORWARDED_HEADER),
         })
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
@@ -19,9 +19,8 @@ use crate::clock::now_ms;
 use crate::coordinator::{self, Write};
 use crate::node::Node;
 use crate::storage::Content;
-use crate::transport::http::FORWARDED_HEADER;
 use crate::transport::{ForwardRequest, Target};
-use crate::version::{token, Context, Version};
+use crate::version::{token, Context};
 
 /// `PUT /kv/{key}`: store a value.
 pub async fn put(
@@ -69,17 +68,18 @@ pub async fn get(State(node): State<Arc<Node>>, req: KvRequest) -> Result<Respon
     if let Some(resp) = forward(&node, &req, Bytes::new()).await? {
         return Ok(resp);
     }
-    let read = coordinator::read(&node, req.key.as_bytes(), req.level).await?;
-    let live: Vec<&Version<Content>> = read.visible.iter().filter(|v| !v.payload.deleted).collect();
-    if live.is_empty() {
+    let mut read = coordinator::read(&node, req.key.as_bytes(), req.level).await?;
+    let live = read.visible.iter().filter(|v| !v.payload.deleted).count();
+    if live == 0 {
         let resp = ApiError::NotFound.into_response();
         // A known tombstone: hand out its context so a later write supersedes it.
         return Ok(if read.visible.is_empty() { resp } else { with_context(resp, &read.context) });
     }
     if read.visible.len() == 1 && !req.wants_json {
-        let v = &live[0].payload;
-        let mut resp = (StatusCode::OK, v.value.clone()).into_response();
-        if let Ok(ct) = HeaderValue::from_str(&v.content_type) {
+        let v = read.visible.pop().expect("one version").payload;
+        let ct = HeaderValue::from_str(&v.content_type);
+        let mut resp = (StatusCode::OK, v.value).into_response();
+        if let Ok(ct) = ct {
             resp.headers_mut().insert(header::CONTENT_TYPE, ct);
         }
         return Ok(with_context(resp, &read.context));
@@ -115,7 +115,7 @@ pub fn sibling_json(c: &Content) -> Value {
 /// answered a request that was surely not delivered). A write whose relay
 /// may have been applied is never tried a second time.
 async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Response>, ApiError> {
-    if req.headers.contains_key(FORWARDED_HEADER) {
+    if req.forwarded {
         return Ok(None);
     }
     let view = node.view();
@@ -131,10 +131,11 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
     if !knows && targets.is_empty() {
         targets = node.cfg().seed_urls().into_iter().map(|u| ("seed".to_string(), u)).collect();
     }
-    let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    let pass: Vec<(String, String)> = [header::CONTENT_TYPE, header::ACCEPT, HeaderName::from_static(X_CONTEXT)]
+    let path = req.path_and_query.as_ref().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let pass: Vec<(String, String)> = req
+        .forward_headers
         .iter()
-        .filter_map(|h| req.headers.get(h).and_then(|v| v.to_str().ok()).map(|v| (h.to_string(), v.to_string())))
+        .filter_map(|(h, v)| v.to_str().ok().map(|v| (h.to_string(), v.to_string())))
         .collect();
     // The receiving coordinator may itself wait for a direct attempt and a
     // stand-in; give it that long and a little more.

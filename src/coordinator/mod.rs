@@ -268,8 +268,18 @@ type Reply = (String, Option<Option<Record>>);
 pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResult, CoordError> {
     let view = node.view();
     let partition = view.ring().partition_of(key);
-    let pref = replica::read_set(&view, partition);
     let needed = level.required(view.quorum_n());
+    // This node is the only replica and one reply is all that is needed (a
+    // single-node cluster): no fan-out, nothing to gather or repair.
+    if needed == 1
+        && view.ring().effective_replicas() == 1
+        && view.ring().replicates(partition, node.id())
+        && !node.receiving(&view, partition)
+    {
+        let local = node.storage().get(partition, key)?;
+        return Ok(visible(local.unwrap_or_default(), now_ms()));
+    }
+    let pref = replica::read_set(&view, partition);
     let key = Arc::new(key.to_vec());
     let (tx, rx) = mpsc::channel::<Reply>(pref.len().max(1));
     for id in &pref {

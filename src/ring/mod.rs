@@ -109,6 +109,12 @@ impl Ring {
         self.walks[p as usize].iter().map(|&i| self.nodes[i as usize].as_str())
     }
 
+    /// Whether `node` is in partition `p`'s preference list (no allocation:
+    /// the request path asks this on every request).
+    pub fn replicates(&self, p: u32, node: &str) -> bool {
+        self.walk(p).take(self.effective_replicas()).any(|n| n == node)
+    }
+
     /// The ordered preference list of partition `p`: `min(N, members)`
     /// distinct nodes.
     pub fn preference_list(&self, p: u32) -> Vec<&str> {

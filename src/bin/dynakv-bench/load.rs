@@ -133,29 +133,63 @@ impl Stats {
 
 struct Shared {
     args: RunArgs,
-    http: reqwest::Client,
+    /// (host:port, authority) of every target, in `--urls` order.
+    targets: Vec<(String, String)>,
     value: bytes::Bytes,
     zipf: Option<Zipf<f64>>,
     done: AtomicU64,
+}
+
+/// One keep-alive HTTP/1.1 connection to one node, on hyper directly: one
+/// request in flight at a time, no pool in the hot path. Reconnects after
+/// an error.
+struct Conn {
+    target: usize,
+    sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>,
+}
+
+impl Conn {
+    fn new(target: usize) -> Self {
+        Self { target, sender: None }
+    }
+
+    async fn sender(
+        &mut self,
+        shared: &Shared,
+    ) -> Option<&mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>> {
+        if self.sender.as_ref().map_or(true, |s| s.is_closed()) {
+            let stream = tokio::net::TcpStream::connect(&shared.targets[self.target].0).await.ok()?;
+            let _ = stream.set_nodelay(true);
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+            tokio::spawn(conn);
+            self.sender = Some(sender);
+        }
+        let s = self.sender.as_mut()?;
+        s.ready().await.ok()?;
+        Some(s)
+    }
+}
+
+/// `host:port` and authority of a base URL like `http://127.0.0.1:8080`.
+fn target(url: &str) -> Result<(String, String), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let authority = uri.authority().ok_or_else(|| format!("{url}: no host"))?.to_string();
+    let addr = if authority.contains(':') { authority.clone() } else { format!("{authority}:80") };
+    Ok((addr, authority))
 }
 
 pub async fn run(args: RunArgs) -> Result<(), String> {
     if args.urls.is_empty() || args.keys == 0 || args.concurrency == 0 {
         return Err("need --urls, --keys > 0 and --concurrency > 0".into());
     }
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(args.concurrency * 2)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let targets = args.urls.iter().map(|u| target(u)).collect::<Result<Vec<_>, _>>()?;
     let zipf = match args.distribution {
         KeyChoice::Zipfian => Some(Zipf::new(args.keys as f64, 0.99).map_err(|e| e.to_string())?),
         KeyChoice::Uniform => None,
     };
     let value = bytes::Bytes::from(vec![b'x'; args.value_size]);
-    let shared = Arc::new(Shared { args: args.clone(), http, value, zipf, done: AtomicU64::new(0) });
+    let shared = Arc::new(Shared { args: args.clone(), targets, value, zipf, done: AtomicU64::new(0) });
     if args.preload || args.preload_only {
         preload(&shared).await?;
         if args.preload_only {
@@ -209,12 +243,13 @@ async fn preload(shared: &Arc<Shared>) -> Result<(), String> {
         let (shared, next, bar) = (shared.clone(), next.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
             let mut failures = 0u64;
+            let mut conn = Conn::new(w % shared.targets.len());
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= keys {
                     return failures;
                 }
-                if !request(&shared, w + i as usize, Op::Update, i).await {
+                if !request(&shared, &mut conn, Op::Update, i).await {
                     failures += 1;
                 }
                 bar.inc(1);
@@ -241,7 +276,9 @@ async fn worker(shared: Arc<Shared>, w: usize, start: Instant) -> Stats {
     let interval = args.rate.map(|r| Duration::from_secs_f64(args.concurrency as f64 / r.max(0.001)));
     let mut intended = start + interval.map(|i| i.mul_f64(w as f64 / args.concurrency as f64)).unwrap_or_default();
     let (read, update, _) = args.workload.mix();
-    let mut n: usize = w;
+    // Each worker keeps one connection to one node; workers spread over the
+    // nodes round-robin.
+    let mut conn = Conn::new(w % shared.targets.len());
     loop {
         let now = Instant::now();
         let t0 = match interval {
@@ -270,8 +307,7 @@ async fn worker(shared: Arc<Shared>, w: usize, start: Instant) -> Stats {
             Op::Delete
         };
         let key = pick_key(&shared, &mut rng);
-        n += 1;
-        let ok = request(&shared, n, op, key).await;
+        let ok = request(&shared, &mut conn, op, key).await;
         let latency_us = t0.elapsed().as_micros() as u64;
         shared.done.fetch_add(1, Ordering::Relaxed);
         if t0 >= measure_from {
@@ -296,35 +332,51 @@ fn pick_key(shared: &Shared, rng: &mut impl Rng) -> u64 {
     }
 }
 
-/// One request; true when it succeeded (reads: 200, 300 or 404).
-async fn request(shared: &Shared, n: usize, op: Op, key: u64) -> bool {
+/// One request on `conn`; true when it succeeded (reads: 200, 300 or 404).
+async fn request(shared: &Shared, conn: &mut Conn, op: Op, key: u64) -> bool {
+    use http_body_util::BodyExt;
     let args = &shared.args;
-    let base = &args.urls[n % args.urls.len()];
-    let mut url = format!("{base}/kv/{}{key}", args.key_prefix);
+    let mut path = format!("/kv/{}{key}", args.key_prefix);
     let q = match op {
-        Op::Read => args.r.as_ref().map(|r| format!("r={r}")),
-        Op::Update | Op::Delete => args.w.as_ref().map(|w| format!("w={w}")),
+        Op::Read => args.r.as_deref().map(|r| ("r", r)),
+        Op::Update | Op::Delete => args.w.as_deref().map(|w| ("w", w)),
     };
-    if let Some(q) = q {
-        url.push('?');
-        url.push_str(&q);
+    if let Some((name, value)) = q {
+        path.push('?');
+        path.push_str(name);
+        path.push('=');
+        path.push_str(value);
     }
-    let req = match op {
-        Op::Read => shared.http.get(url),
-        Op::Update => shared.http.put(url).body(shared.value.clone()),
-        Op::Delete => shared.http.delete(url),
+    let (method, body) = match op {
+        Op::Read => (hyper::Method::GET, bytes::Bytes::new()),
+        Op::Update => (hyper::Method::PUT, shared.value.clone()),
+        Op::Delete => (hyper::Method::DELETE, bytes::Bytes::new()),
     };
-    match req.send().await {
-        Ok(resp) => {
-            let s = resp.status().as_u16();
-            // Drain the body so the connection is reused.
-            let _ = resp.bytes().await;
-            match op {
-                Op::Read => matches!(s, 200 | 300 | 404),
-                _ => (200..300).contains(&s),
-            }
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, &shared.targets[conn.target].1)
+        .body(http_body_util::Full::new(body))
+        .expect("valid request");
+    let Some(sender) = conn.sender(shared).await else {
+        return false;
+    };
+    let resp = match tokio::time::timeout(Duration::from_secs(30), sender.send_request(req)).await {
+        Ok(Ok(r)) => r,
+        _ => {
+            conn.sender = None;
+            return false;
         }
-        Err(_) => false,
+    };
+    let s = resp.status().as_u16();
+    // Read the whole body so the connection is ready for the next request.
+    if resp.into_body().collect().await.is_err() {
+        conn.sender = None;
+        return false;
+    }
+    match op {
+        Op::Read => matches!(s, 200 | 300 | 404),
+        _ => (200..300).contains(&s),
     }
 }
 
