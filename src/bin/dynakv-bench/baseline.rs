@@ -1,7 +1,9 @@
 //! Baseline servers with dynakv's `/kv/{key}` routes and nothing else: no
 //! versions, no replication. `memory` is a sharded in-memory map (what plain
 //! axum allows); `sled` stores the value bytes in one sled tree with sled's
-//! default flushing (what plain sled allows).
+//! default flushing (what plain sled allows); `sled-sync` flushes before
+//! every acknowledgement, writes arriving together sharing a flush (sled's
+//! `flush_async`), like dynakv's `--sync-writes`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use clap::{Args, ValueEnum};
 pub enum Backend {
     Memory,
     Sled,
+    SledSync,
 }
 
 #[derive(Args)]
@@ -39,7 +42,7 @@ const SHARDS: usize = 64;
 
 enum Store {
     Memory(Vec<RwLock<HashMap<String, Bytes>>>),
-    Sled(sled::Db),
+    Sled(sled::Db, bool),
 }
 
 impl Store {
@@ -51,7 +54,8 @@ impl Store {
 pub async fn serve(args: BaselineArgs) -> Result<(), String> {
     let store = match args.backend {
         Backend::Memory => Store::Memory((0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect()),
-        Backend::Sled => Store::Sled(sled::open(&args.data_dir).map_err(|e| e.to_string())?),
+        Backend::Sled => Store::Sled(sled::open(&args.data_dir).map_err(|e| e.to_string())?, false),
+        Backend::SledSync => Store::Sled(sled::open(&args.data_dir).map_err(|e| e.to_string())?, true),
     };
     let app = Router::new()
         .route("/kv/{key}", get(read).put(write).delete(remove))
@@ -64,7 +68,7 @@ pub async fn serve(args: BaselineArgs) -> Result<(), String> {
 async fn read(State(s): State<Arc<Store>>, Path(key): Path<String>) -> Response {
     let value = match &*s {
         Store::Memory(shards) => shards[s.shard(&key)].read().expect("lock").get(&key).cloned(),
-        Store::Sled(db) => db.get(key.as_bytes()).ok().flatten().map(|v| Bytes::copy_from_slice(&v)),
+        Store::Sled(db, _) => db.get(key.as_bytes()).ok().flatten().map(|v| Bytes::copy_from_slice(&v)),
     };
     match value {
         Some(v) => (StatusCode::OK, v).into_response(),
@@ -77,8 +81,11 @@ async fn write(State(s): State<Arc<Store>>, Path(key): Path<String>, body: Bytes
         Store::Memory(shards) => {
             shards[s.shard(&key)].write().expect("lock").insert(key, body);
         }
-        Store::Sled(db) => {
+        Store::Sled(db, sync) => {
             if db.insert(key.as_bytes(), body.as_ref()).is_err() {
+                return StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            if *sync && db.flush_async().await.is_err() {
                 return StatusCode::INTERNAL_SERVER_ERROR;
             }
         }
@@ -91,7 +98,7 @@ async fn remove(State(s): State<Arc<Store>>, Path(key): Path<String>) -> StatusC
         Store::Memory(shards) => {
             shards[s.shard(&key)].write().expect("lock").remove(&key);
         }
-        Store::Sled(db) => {
+        Store::Sled(db, _) => {
             let _ = db.remove(key.as_bytes());
         }
     }

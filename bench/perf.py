@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""The performance figures of issue 13, in one run, each throughput from
+both load generators (dynakv-bench and wrk):
+
+- one node against the bare sled server (PUT, GET) and, with
+  --sync-writes, against the sled server that flushes before every ack;
+- three nodes at r=w=quorum against one node, and p99 at half the
+  three-node saturation rate (open loop, dynakv-bench);
+- resident memory after loading BIG keys of 1 KiB, dynakv against sled.
+
+Medians of RUNS runs of DUR, alternating targets. Writes
+bench/results/perf.md. wrk is installed with apt-get when missing.
+"""
+
+import datetime
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+RUNS = int(os.environ.get("RUNS", "3"))
+DUR = os.environ.get("DUR", "5s")
+KEYS = 10000
+BIG = int(os.environ.get("BIG", "1000000"))
+LUA = {
+    "put": 'local body = string.rep("x", 1024)\nrequest = function()\n'
+           '  return wrk.format("PUT", "/kv/bench-" .. math.random(0, %d) .. "%s", nil, body)\nend\n',
+    "get": 'request = function()\n  return wrk.format("GET", "/kv/bench-" .. math.random(0, %d) .. "%s")\nend\n',
+}
+
+
+def ensure_wrk():
+    if shutil.which("wrk") is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, stdout=subprocess.DEVNULL)
+
+
+def wrk(url, op, query=""):
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(LUA[op] % (KEYS - 1, query))
+        script = f.name
+    out = subprocess.run(["wrk", "-t2", "-c32", "-d" + DUR, "-s", script, url],
+                         capture_output=True, text=True, check=True).stdout
+    os.unlink(script)
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def gen(url_list, workload, level=None):
+    rep = common.bench(url_list, workload, KEYS, 32, DUR, "1s", level=level)
+    return rep["total"]["throughput"], rep["total"]["p99_ms"]
+
+
+def main():
+    ensure_wrk()
+    root = tempfile.mkdtemp(prefix="dynakv-perf-")
+    procs = common.Procs()
+    res = {}
+
+    def add(name, value):
+        res.setdefault(name, []).append(value)
+
+    try:
+        ports = {n: common.free_port() for n in ("memory", "sled", "sled-sync", "one", "sync")}
+        procs.start([common.BENCH, "baseline", "--backend", "memory", "--listen", f"127.0.0.1:{ports['memory']}"])
+        procs.start([common.BENCH, "baseline", "--backend", "sled", "--listen", f"127.0.0.1:{ports['sled']}",
+                     "--data-dir", os.path.join(root, "sled")])
+        procs.start([common.BENCH, "baseline", "--backend", "sled-sync", "--listen",
+                     f"127.0.0.1:{ports['sled-sync']}", "--data-dir", os.path.join(root, "sled-sync")])
+        procs.start([common.DYNAKV, "--listen", f"127.0.0.1:{ports['one']}", "--data-dir", os.path.join(root, "one")])
+        procs.start([common.DYNAKV, "--listen", f"127.0.0.1:{ports['sync']}", "--data-dir", os.path.join(root, "sync"),
+                     "--sync-writes"])
+        urls = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
+        for u in urls.values():
+            common.wait_http(u + "/health")
+            common.preload([u], KEYS)
+        for run in range(RUNS):
+            for name in ("memory", "sled", "one"):
+                add(f"{name} put gen", gen([urls[name]], "write")[0])
+                add(f"{name} get gen", gen([urls[name]], "c")[0])
+                add(f"{name} put wrk", wrk(urls[name], "put"))
+                add(f"{name} get wrk", wrk(urls[name], "get"))
+            for name in ("sled-sync", "sync"):
+                add(f"{name} put gen", gen([urls[name]], "write")[0])
+                add(f"{name} put wrk", wrk(urls[name], "put"))
+            print(f"run {run}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in sorted(res.items())), flush=True)
+        procs.stop()
+
+        three, pids3 = common.start_dynakv(procs, 3, os.path.join(root, "three"))
+        common.preload(three, KEYS, level="quorum")
+        for run in range(RUNS):
+            ops, p99 = gen(three, "write", "quorum")
+            add("three put gen", ops)
+            add("three get gen", gen(three, "c", "quorum")[0])
+            add("three put wrk", wrk(three[0], "put", "?w=quorum"))
+            add("three get wrk", wrk(three[0], "get", "?r=quorum"))
+            sat, _ = gen(three, "a", "quorum")
+            add("three a sat", sat)
+        sat = statistics.median(res["three a sat"])
+        half = []
+        for run in range(RUNS):
+            rep = common.bench(three, "a", KEYS, 32, DUR, "1s", level="quorum", rate=round(sat / 2))
+            half.append(rep["total"]["p99_ms"])
+        procs.stop()
+
+        mem = {}
+        for name, args in (("sled", [common.BENCH, "baseline", "--backend", "sled"]), ("dynakv", [common.DYNAKV])):
+            port = common.free_port()
+            url = f"http://127.0.0.1:{port}"
+            if name == "sled":
+                p = procs.start(args + ["--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(root, "big-s")])
+            else:
+                p = procs.start(args + ["--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(root, "big-d")])
+            common.wait_http(url + "/health")
+            common.preload([url], BIG, conc=64)
+            time.sleep(2)  # one sled flush interval and then some
+            mem[name] = common.rss_mib([p.pid])
+            procs.stop()
+    finally:
+        procs.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    m = {k: statistics.median(v) for k, v in res.items()}
+    lines = ["## Performance (`bench/perf.py`)\n",
+             f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. One run, medians of "
+             f"{RUNS} alternating runs of {DUR}, 32 connections, {KEYS:,} keys of 1 KiB, closed loop; every "
+             "server and the load generator share the 2 cores. `gen` is dynakv-bench (hyper, one connection per "
+             "worker), `wrk` is wrk 2 threads with a Lua script picking random keys.\n",
+             "| | dynakv-bench | wrk |", "|---|---|---|",
+             f"| in-memory baseline PUT / GET ops/s | {m['memory put gen']:.0f} / {m['memory get gen']:.0f} | "
+             f"{m['memory put wrk']:.0f} / {m['memory get wrk']:.0f} |",
+             f"| dynakv-bench over wrk on the in-memory baseline (target ≥ 0.9) | "
+             f"{m['memory put gen'] / m['memory put wrk']:.2f} (PUT), {m['memory get gen'] / m['memory get wrk']:.2f} (GET) | |",
+             f"| sled baseline PUT / GET ops/s | {m['sled put gen']:.0f} / {m['sled get gen']:.0f} | "
+             f"{m['sled put wrk']:.0f} / {m['sled get wrk']:.0f} |",
+             f"| 1 node PUT / GET ops/s | {m['one put gen']:.0f} / {m['one get gen']:.0f} | "
+             f"{m['one put wrk']:.0f} / {m['one get wrk']:.0f} |",
+             f"| 1 node / sled, PUT (target ≥ 0.85) | {m['one put gen'] / m['sled put gen']:.2f} | "
+             f"{m['one put wrk'] / m['sled put wrk']:.2f} |",
+             f"| 1 node / sled, GET (target ≥ 0.85) | {m['one get gen'] / m['sled get gen']:.2f} | "
+             f"{m['one get wrk'] / m['sled get wrk']:.2f} |",
+             f"| flushing sled baseline PUT ops/s | {m['sled-sync put gen']:.0f} | {m['sled-sync put wrk']:.0f} |",
+             f"| 1 node `--sync-writes` PUT ops/s | {m['sync put gen']:.0f} | {m['sync put wrk']:.0f} |",
+             f"| `--sync-writes` / flushing sled (target ≥ 0.8) | {m['sync put gen'] / m['sled-sync put gen']:.2f} | "
+             f"{m['sync put wrk'] / m['sled-sync put wrk']:.2f} |",
+             f"| 3 nodes quorum PUT / GET ops/s | {m['three put gen']:.0f} / {m['three get gen']:.0f} | "
+             f"{m['three put wrk']:.0f} / {m['three get wrk']:.0f} (one node's port) |",
+             f"| 3 nodes / 1 node, PUT (target ≥ 0.45) | {m['three put gen'] / m['one put gen']:.2f} | "
+             f"{m['three put wrk'] / m['one put wrk']:.2f} |",
+             f"| 3 nodes / 1 node, GET (target ≥ 0.55) | {m['three get gen'] / m['one get gen']:.2f} | "
+             f"{m['three get wrk'] / m['one get wrk']:.2f} |",
+             f"| 3 nodes, p99 at half saturation ({sat / 2:.0f} ops/s, workload A, open loop; target ≤ 2 ms) | "
+             f"{statistics.median(half):.2f} ms | |",
+             f"| RSS after {BIG:,} keys of 1 KiB, dynakv / sled (target ≤ 1.5) | {mem['dynakv']:.0f} / "
+             f"{mem['sled']:.0f} MiB = {mem['dynakv'] / mem['sled']:.2f} | |"]
+    common.write_section("perf.md", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
