@@ -75,6 +75,9 @@ pub struct Exchange {
     pub received: u64,
     /// Whether the round's limits cut the repair short.
     pub truncated: bool,
+    /// Partitions the peer could not compare (it does not replicate them or
+    /// has not built their trees yet).
+    pub not_ready: u64,
 }
 
 impl Exchange {
@@ -87,6 +90,7 @@ impl Exchange {
         self.sent += o.sent;
         self.received += o.received;
         self.truncated |= o.truncated;
+        self.not_ready += o.not_ready;
     }
 }
 
@@ -300,8 +304,14 @@ pub async fn exchange_partitions(
             let answer = node.call(target, Route::AntiEntropy, body).await?;
             x.received += answer.len() as u64;
             let reply: AeReply = wire::decode(&answer).ok_or(TransportError::Malformed)?;
+            // Only answers about what was asked: a peer's partition numbers
+            // index this node's trees.
+            let asked = |p: u32| chunk.iter().any(|n| n.partition == p);
             for diff in reply.diffs {
                 match diff {
+                    AeDiff::Children { partition, .. } | AeDiff::Leaf { partition, .. } if !asked(partition) => {
+                        return Err(TransportError::Malformed);
+                    }
                     AeDiff::Children { partition, level, index, hashes } => {
                         let Some(mine) = storage.merkle(partition).children(level, index) else { continue };
                         if level == 0 {
@@ -327,13 +337,19 @@ pub async fn exchange_partitions(
                             .map_err(|e| TransportError::Io(e.to_string()))?
                             .map_err(|e| TransportError::Io(e.to_string()))?;
                         let hash_of: HashMap<&[u8], u64> = theirs.iter().map(|(k, h)| (k.as_slice(), *h)).collect();
+                        let q = storage.partition_count();
                         for key in merkle::differing_keys(&mine, &theirs) {
+                            // A key that does not belong here is the peer's
+                            // mistake: never stored in the wrong partition.
+                            if crate::ring::partition_of(&key, q) != partition || key.is_empty() {
+                                return Err(TransportError::Malformed);
+                            }
                             let h = hash_of.get(key.as_slice()).copied();
                             differing.entry(partition).or_default().push((key, h));
                             found += 1;
                         }
                     }
-                    AeDiff::NotReady { .. } => {}
+                    AeDiff::NotReady { .. } => x.not_ready += 1,
                 }
             }
         }

@@ -102,13 +102,9 @@ pub async fn exchange(node: &Node, id: &str, address: &str) -> Result<(), Transp
     let msg = serde_json::to_vec(&node.gossip_message()).expect("gossip serializes");
     let reply = node.call(Target { id, address }, Route::Gossip, Bytes::from(msg)).await?;
     let reply: GossipMessage = serde_json::from_slice(&reply).map_err(|_| TransportError::Malformed)?;
-    if reply.partitions != node.cfg().partitions {
-        let ours = node.cfg().partitions;
-        node.log_once(format!("partitions {} from {address}", reply.partitions), || {
-            tracing::error!(peer = %address, theirs = reply.partitions, ours, "peer has another --partitions; ignoring it")
-        });
-        return Ok(());
+    // The same checks as an incoming exchange (another Q is logged there).
+    if let Err(e) = node.accept_gossip(&reply) {
+        tracing::debug!(peer = %address, error = %e, "gossip reply refused");
     }
-    node.apply_gossip(&reply.members);
     Ok(())
 }

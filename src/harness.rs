@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::membership::Digest;
 use crate::node::{Node, OpenError};
 use crate::rpc::{self, RpcError};
+use crate::transport::wire::GossipMessage;
 use crate::transport::{BoxFuture, ForwardRequest, ForwardResponse, Route, Target, Transport, TransportError};
 
 /// Why a node could not be opened on the network.
@@ -149,7 +150,8 @@ impl MemNet {
 pub fn introduce(nodes: &[Arc<Node>]) {
     let digests: Vec<Digest> = nodes.iter().flat_map(|n| n.gossip_message().members).collect();
     for n in nodes {
-        n.apply_gossip(&digests);
+        let msg = GossipMessage { from: "harness".into(), partitions: n.cfg().partitions, members: digests.clone() };
+        n.accept_gossip(&msg).expect("valid members");
     }
 }
 

@@ -32,6 +32,9 @@ use crate::transport::wire::{BatchReply, GossipMessage};
 use crate::transport::{Route, Target, Transport, TransportError};
 use crate::worker::{self, Worker};
 
+/// Most members a gossip message may list.
+pub const MAX_GOSSIP_MEMBERS: usize = 10_000;
+
 /// Heartbeats are reserved on disk this many at a time, so a restart (even
 /// after SIGKILL) starts above any heartbeat already gossiped.
 const HEARTBEAT_RESERVE: u64 = 1000;
@@ -103,9 +106,6 @@ impl Node {
         table.restore(&remembered, SystemTime::now());
         let ownership = match storage.ownership()? {
             Some(bytes) => serde_json::from_slice::<Ownership>(&bytes).unwrap_or_default().restarted(),
-            // A data dir from before ownership was recorded: whatever it
-            // stores, it held; verify it like any restart.
-            None if !storage.partitions_held()?.is_empty() => Ownership::alone(cfg.partitions).restarted(),
             None if cfg.seed_urls().is_empty() && remembered.iter().all(|d| d.id == id) => {
                 Ownership::alone(cfg.partitions)
             }
@@ -285,8 +285,45 @@ impl Node {
         Ok(())
     }
 
-    /// Applies digests heard by gossip from another member; refused claims
-    /// (an id alive at another address) are logged once each.
+    /// Checks a gossip message from a peer (either direction of an
+    /// exchange) and applies it: another `--partitions` is refused and
+    /// logged once; so is a message too large or with a malformed entry.
+    /// Hearing from a member other than itself is what "knows the cluster"
+    /// means for readiness.
+    pub fn accept_gossip(&self, msg: &GossipMessage) -> Result<(), String> {
+        let ours = self.cfg.partitions;
+        if msg.partitions != ours {
+            self.log_once(format!("partitions {} from {}", msg.partitions, msg.from), || {
+                tracing::error!(
+                    peer = %msg.from,
+                    theirs = msg.partitions,
+                    ours,
+                    "refusing gossip from a node with another --partitions; it stays off the ring"
+                )
+            });
+            return Err(format!(
+                "sender has --partitions {}, this node {ours}; Q must match cluster-wide",
+                msg.partitions
+            ));
+        }
+        if msg.members.len() > MAX_GOSSIP_MEMBERS {
+            return Err("too many members".into());
+        }
+        for m in &msg.members {
+            let url_ok = m.address.starts_with("http://") || m.address.starts_with("https://");
+            if !crate::config::valid_node_id(&m.id) || !url_ok || m.address.len() > 512 {
+                return Err(format!("invalid member entry {:?}", m.id));
+            }
+        }
+        self.apply_gossip(&msg.members);
+        if msg.from != self.id {
+            self.heard_cluster.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Applies digests heard by gossip; refused claims (an id alive at
+    /// another address) are logged once each.
     pub fn apply_gossip(&self, digests: &[Digest]) {
         let mut conflicts = Vec::new();
         let mut overflow = 0;

@@ -135,26 +135,70 @@ pub async fn local_read(
     if !node.receiving(view, partition) {
         return Ok(local);
     }
+    // The transfer's source (a confirmed holder) if there is one, else every
+    // other replica: a replica that is itself receiving refuses, and what
+    // the others hold is merged.
     let source = node.ownership(|o| o.inbound().get(&partition).and_then(|i| i.source.clone()));
-    let others: Vec<String> = read_set(view, partition).into_iter().filter(|id| id != node.id()).collect();
-    let source = match source.filter(|s| view.is_alive(s)) {
-        Some(s) => s,
-        None => match others.iter().find(|id| view.is_alive(id)) {
-            Some(s) => s.clone(),
-            // Nobody else replicates it: this copy is all there is.
-            None if others.is_empty() => return Ok(local),
-            None => return Err(ReplicaError::UnknownMember(format!("no holder of partition {partition} is alive"))),
-        },
+    let asked: Vec<String> = match source.filter(|s| view.is_alive(s)) {
+        Some(s) => vec![s],
+        None => {
+            let others: Vec<String> = read_set(view, partition).into_iter().filter(|id| id != node.id()).collect();
+            if others.is_empty() {
+                // Nobody else replicates it: this copy is all there is.
+                return Ok(local);
+            }
+            others.into_iter().filter(|id| view.is_alive(id)).collect()
+        }
     };
-    let theirs = match node.batch(target(view, &source)?, wire::read_local_op(key)).await? {
-        BatchReply::Read(r) => r,
-        BatchReply::Failed(e) => return Err(TransportError::Remote(e).into()),
-        BatchReply::Written => return Err(TransportError::Malformed.into()),
-    };
-    Ok(match (local, theirs) {
-        (Some(a), Some(b)) => Some(a.sync(&b)),
-        (a, b) => a.or(b),
-    })
+    let answers = futures_util::future::join_all(asked.iter().map(|id| read_held(node, view, id, key))).await;
+    let mut merged = local;
+    let mut answered = false;
+    for a in answers {
+        let Ok(theirs) = a else { continue };
+        answered = true;
+        merged = match (merged, theirs) {
+            (Some(a), Some(b)) => Some(a.sync(&b)),
+            (a, b) => a.or(b),
+        };
+    }
+    if !answered {
+        return Err(ReplicaError::UnknownMember(format!("no holder of partition {partition} answered")));
+    }
+    Ok(merged)
+}
+
+/// What replica `id` itself stores for `key`, never completed from
+/// elsewhere; refused by a replica that does not hold the partition yet.
+/// Sent on its own (not batched): a receiving node answers a batched read
+/// with this, and waiting behind its own queue could deadlock two
+/// receiving nodes.
+pub async fn read_held(node: &Node, view: &ClusterView, id: &str, key: &[u8]) -> Result<Option<Record>, ReplicaError> {
+    let body = wire::batch_body(&[wire::read_local_op(key)]);
+    let answer = node.call(target(view, id)?, Route::Batch, body).await?;
+    match wire::decode::<Vec<BatchReply>>(&answer).and_then(|mut r| r.pop()) {
+        Some(BatchReply::Read(r)) => Ok(r),
+        Some(BatchReply::Failed(e)) => Err(TransportError::Remote(e).into()),
+        _ => Err(TransportError::Malformed.into()),
+    }
+}
+
+/// What replica `id` stores for `key` right now, as it is (no holder's copy
+/// merged in): what `/cluster/replicas` shows.
+pub async fn inspect(
+    node: &Node,
+    view: &ClusterView,
+    id: &str,
+    partition: u32,
+    key: &[u8],
+) -> Result<Option<Record>, ReplicaError> {
+    if id == node.id() {
+        return Ok(node.storage().get(partition, key)?);
+    }
+    match node.batch(target(view, id)?, wire::inspect_op(key)).await? {
+        BatchReply::Read(r) => Ok(r),
+        BatchReply::Failed(e) => Err(TransportError::Remote(e).into()),
+        BatchReply::Written => Err(TransportError::Malformed.into()),
+    }
 }
 
 /// Merges `record` into replica `id`'s copy of `key`.

@@ -17,9 +17,6 @@ use crate::transport::wire::{
 };
 use crate::transport::Route;
 
-/// Most members a gossip message may list.
-pub const MAX_MEMBERS: usize = 10_000;
-
 /// Why an internal request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -146,31 +143,7 @@ pub async fn anti_entropy(node: &Arc<Node>, body: &[u8]) -> Result<Bytes, RpcErr
 pub fn gossip(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
     let msg: GossipMessage =
         serde_json::from_slice(body).map_err(|e| RpcError::InvalidBody(format!("invalid gossip JSON: {e}")))?;
-    if msg.partitions != node.cfg().partitions {
-        let ours = node.cfg().partitions;
-        node.log_once(format!("partitions {} from {}", msg.partitions, msg.from), || {
-            tracing::error!(
-                peer = %msg.from,
-                theirs = msg.partitions,
-                ours,
-                "refusing gossip from a node with another --partitions; it stays off the ring"
-            )
-        });
-        return Err(RpcError::InvalidBody(format!(
-            "sender has --partitions {}, this node {ours}; Q must match cluster-wide",
-            msg.partitions
-        )));
-    }
-    if msg.members.len() > MAX_MEMBERS {
-        return Err(RpcError::InvalidBody("too many members".into()));
-    }
-    for m in &msg.members {
-        let url_ok = m.address.starts_with("http://") || m.address.starts_with("https://");
-        if !valid_node_id(&m.id) || !url_ok || m.address.len() > 512 {
-            return Err(RpcError::InvalidBody(format!("invalid member entry {:?}", m.id)));
-        }
-    }
-    node.apply_gossip(&msg.members);
+    node.accept_gossip(&msg).map_err(RpcError::InvalidBody)?;
     Ok(Bytes::from(serde_json::to_vec(&node.gossip_message()).expect("gossip serializes")))
 }
 
@@ -202,10 +175,23 @@ pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
                     }
                 }
             }
-            BatchOp::ReadLocal { key } if key_ok(node, key) => match storage.get(partition_of(key), key) {
+            // Only a holder's own copy: a node still receiving the partition
+            // has nothing to vouch for.
+            BatchOp::Inspect { key } if key_ok(node, key) => match storage.get(partition_of(key), key) {
                 Ok(r) => BatchReply::Read(r),
                 Err(e) => BatchReply::Failed(e.to_string()),
             },
+            BatchOp::ReadLocal { key } if key_ok(node, key) => {
+                let p = partition_of(key);
+                if node.receiving(&view, p) && !node.ownership(|o| o.holds(p)) {
+                    BatchReply::Failed(format!("partition {p} is not held here yet"))
+                } else {
+                    match storage.get(p, key) {
+                        Ok(r) => BatchReply::Read(r),
+                        Err(e) => BatchReply::Failed(e.to_string()),
+                    }
+                }
+            }
             BatchOp::Write { key, record } if key_ok(node, key) => {
                 match storage.merge(partition_of(key), key, record) {
                     Ok(_) => {

@@ -44,6 +44,10 @@ pub enum StartError {
     /// The final flush failed.
     #[error(transparent)]
     Flush(#[from] StorageError),
+    /// A leave could not hand everything off; the node did not announce
+    /// `left` and stays a member (start it again and retry the leave).
+    #[error("leave failed, this node is still a member: {0}")]
+    Leave(String),
 }
 
 /// Opens a node for `cfg` (peers over HTTP), binds its listen address and
@@ -132,22 +136,24 @@ pub struct ConnLimits {
 
 /// Serves `app` on `listener` with [`ConnLimits`] until `stop` fires, then
 /// lets open connections finish their requests (at most
-/// [`DRAIN_TIMEOUT`]). HTTP/1.1 and HTTP/2.
+/// [`DRAIN_TIMEOUT`]). HTTP/1.1.
 pub async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     limits: ConnLimits,
     stop: CancellationToken,
 ) -> Result<(), std::io::Error> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(limits.header_timeout);
+    // HTTP/1.1 only: hyper starts the header timer as soon as a connection
+    // waits for a request head, the first one included, so a connection that
+    // never sends anything is closed too (protocol detection for HTTP/2
+    // would read its first bytes with no timeout).
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
     loop {
         let permit = tokio::select! {
             _ = stop.cancelled() => break,
@@ -168,8 +174,7 @@ pub async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::trace!(error = %e, "connection ended with an error");

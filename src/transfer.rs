@@ -2,7 +2,8 @@
 //! ring changes (a node joins, is declared dead, leaves or returns), each
 //! node brings what it holds in line with what it now owns.
 //!
-//! The [`Transfers`] worker wakes on every ring change and every second. It
+//! The [`Transfers`] worker wakes on every ring change (a new `ring_epoch`,
+//! not every published view) and every second. It
 //! reconciles the node's [`crate::ownership::Ownership`] with the ring, then:
 //!
 //! - **receives** up to `--transfer-max-partitions` partitions at once. A
@@ -137,9 +138,17 @@ impl Worker for Transfers {
     }
 
     async fn wait_for_work(&mut self) {
-        tokio::select! {
-            _ = self.tick.tick() => {}
-            _ = self.views.changed() => {}
+        // A new view comes with every heartbeat; only a new ring is news.
+        let ring = self.views.borrow_and_update().ring_epoch();
+        loop {
+            tokio::select! {
+                _ = self.tick.tick() => return,
+                changed = self.views.changed() => {
+                    if changed.is_err() || self.views.borrow_and_update().ring_epoch() != ring {
+                        return;
+                    }
+                }
+            }
         }
     }
 
@@ -214,6 +223,9 @@ async fn sync(node: &Node, view: &ClusterView, partition: u32) -> bool {
                 node.metrics().transfers_started.with_label_values(&["in"]).inc();
                 let mut budget = antientropy::Budget::new();
                 match antientropy::exchange_partitions(node, view, c, &mut budget, |p| p == partition).await {
+                    // It could not compare yet (its tree is still building):
+                    // nothing was verified; another holder, or later.
+                    Ok(x) if x.not_ready > 0 || x.partitions == 0 => continue,
                     Ok(x) if !x.truncated => {
                         node.update_ownership(|o| o.received(partition));
                         let m = node.metrics();
@@ -315,8 +327,13 @@ async fn stream(node: &Node, view: &ClusterView, partition: u32, inbound: Inboun
             }
             first = false;
             let next = reply.next.map(|n| n.into_vec());
-            let items: Vec<(Vec<u8>, crate::storage::Record)> =
-                reply.items.into_iter().map(|(k, r)| (k.into_vec(), r)).collect();
+            let q = node.cfg().partitions;
+            let items: Vec<(Vec<u8>, crate::storage::Record)> = reply
+                .items
+                .into_iter()
+                .map(|(k, r)| (k.into_vec(), r))
+                .filter(|(k, _)| !k.is_empty() && crate::ring::partition_of(k, q) == partition)
+                .collect();
             let keys = items.len() as u64;
             let bytes: usize = items.iter().map(|(k, r)| k.len() + record::encode(r).len()).sum();
             let storage = node.storage().clone();
@@ -351,12 +368,19 @@ async fn stream(node: &Node, view: &ClusterView, partition: u32, inbound: Inboun
             }
         }
     }
-    // Nobody holds it. If every member answered and none has anything of
-    // it, and neither has this node, it is new: nothing to receive.
-    let local_empty = !node.storage().has_data(partition).unwrap_or(true);
-    if all_answered && nobody_has_data && local_empty && nobody_holds_among(node, view, &order, partition).await {
+    // Nobody holds it, and every member answered: it is new (a new cluster),
+    // or only scattered early writes exist (before any node held it). Take
+    // what is here; anti-entropy merges the rest.
+    if all_answered && nobody_holds_among(node, view, &order, partition).await {
         node.update_ownership(|o| o.received(partition));
-        tracing::info!(partition, "no member holds or stores this partition: it is new");
+        if nobody_has_data {
+            tracing::info!(partition, "no member holds or stores this partition: it is new");
+        } else {
+            tracing::info!(
+                partition,
+                "no member holds this partition; taking this copy, anti-entropy merges the others"
+            );
+        }
         return true;
     }
     if order.is_empty() && nobody_else(view) {
@@ -420,6 +444,10 @@ async fn hand_off(node: &Node, view: &ClusterView, partition: u32, rate: &RateLi
             Some(n) => cursor = Some(n),
             None => break,
         }
+    }
+    // Owned again meanwhile (the ring flipped back): keep it.
+    if !node.ownership(|o| o.outbound().contains(&partition)) {
+        return true;
     }
     let s = storage.clone();
     match tokio::task::spawn_blocking(move || s.drop_partition_if_unchanged(partition, before)).await {

@@ -94,7 +94,7 @@ pub async fn replicas(
     let asks = list.iter().map(|id| {
         let (node, view, key) = (node.clone(), view.clone(), key.clone());
         async move {
-            match replica::read(&node, &view, id, partition, key.as_bytes()).await {
+            match replica::inspect(&node, &view, id, partition, key.as_bytes()).await {
                 Ok(record) => {
                     json!({ "node": id, "reachable": true, "versions": versions_json(&record.unwrap_or_default()) })
                 }

@@ -84,9 +84,21 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
             method: parts.method.clone(),
             path_and_query: uri.path_and_query().cloned(),
             forward_headers,
-            forwarded: parts.headers.contains_key(crate::transport::http::FORWARDED_HEADER),
+            forwarded: forwarded_by_a_peer(node, &parts.headers),
         })
     }
+}
+
+/// Whether another node forwarded this request: the mark, and the cluster
+/// secret when one is set (a client cannot claim it).
+fn forwarded_by_a_peer(node: &Node, headers: &HeaderMap) -> bool {
+    use crate::transport::http::{FORWARDED_HEADER, SECRET_HEADER};
+    headers.contains_key(FORWARDED_HEADER)
+        && node.cfg().cluster_secret.as_ref().map_or(true, |secret| {
+            headers
+                .get(SECRET_HEADER)
+                .is_some_and(|given| super::internal::constant_time_eq(given.as_bytes(), secret.as_bytes()))
+        })
 }
 
 /// The percent-decoded key, checked against `--max-key-bytes`.

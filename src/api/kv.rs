@@ -115,10 +115,16 @@ pub fn sibling_json(c: &Content) -> Value {
 /// answered a request that was surely not delivered). A write whose relay
 /// may have been applied is never tried a second time.
 async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Response>, ApiError> {
+    let view = node.view();
+    let alone = || view.members().all(|m| m.id == node.id());
     if req.forwarded {
+        // Relayed once already: coordinate here, unless this node knows
+        // nobody (it must not act as a cluster of one).
+        if !node.knows_cluster() && alone() {
+            return Err(ApiError::NotReady("this node has not heard from the cluster yet".into()));
+        }
         return Ok(None);
     }
-    let view = node.view();
     let partition = view.ring().partition_of(req.key.as_bytes());
     // A node that has not heard from the cluster yet (it just started)
     // knows neither the ring nor what it should hold: it answers nothing
@@ -129,7 +135,13 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
         return Ok(None);
     };
     if !knows && targets.is_empty() {
-        targets = node.cfg().seed_urls().into_iter().map(|u| ("seed".to_string(), u)).collect();
+        targets = node
+            .cfg()
+            .seed_urls()
+            .into_iter()
+            .filter(|u| u != node.address())
+            .map(|u| ("seed".to_string(), u))
+            .collect();
     }
     let path = req.path_and_query.as_ref().map(|p| p.as_str()).unwrap_or("/").to_string();
     let pass: Vec<(String, String)> = req
@@ -173,7 +185,7 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
     // Nobody answered. A node that remembers its cluster coordinates itself
     // (always writable); one that knows nobody yet must not act as if it
     // were alone (N would be 1).
-    if !knows && view.members().all(|m| m.id == node.id()) {
+    if !knows && alone() {
         return Err(ApiError::NotReady(
             "this node has not heard from the cluster yet; retry or ask another node".into(),
         ));

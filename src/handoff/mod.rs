@@ -124,44 +124,54 @@ fn remove(node: &Node, hint: &Hint, delivered: &mut usize) {
 }
 
 /// Hands everything this node holds to the ring without it, then gossips
-/// `left` to every live peer. A record that does not decode is logged and
-/// counted (`dynakv_corrupt_records_total`), never silently skipped.
-pub async fn leave(node: &Node) {
+/// `left` to every live peer. Each page of keys goes to every new owner at
+/// once and must be acknowledged by all of them (a page is tried a few
+/// times); a record that does not decode is logged and counted
+/// (`dynakv_corrupt_records_total`), never silently skipped. If anything
+/// could not be handed off, the node does not announce `left` (it stays a
+/// member, and its copies with it) and says why.
+pub async fn leave(node: &Node) -> Result<u64, String> {
+    const ATTEMPTS: usize = 5;
     let view = node.view();
     let after = view.ring_without(node.id());
     let storage = node.storage();
-    let mut handed = 0usize;
+    let mut handed = 0u64;
     for p in 0..node.cfg().partitions {
         let targets: Vec<String> =
             after.preference_list(p).into_iter().filter(|id| view.member(id).is_some()).map(str::to_string).collect();
-        if targets.is_empty() {
+        if targets.is_empty() || !storage.has_data(p).map_err(|e| e.to_string())? {
             continue;
         }
         let mut cursor: Option<Vec<u8>> = None;
         loop {
-            let page = match storage.scan_from_async(p, cursor.take(), PAGE).await {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!(partition = p, error = %e, "scan for hand-off failed");
-                    break;
-                }
-            };
+            let page = storage.scan_from_async(p, cursor.take(), PAGE).await.map_err(|e| e.to_string())?;
+            let mut records = Vec::with_capacity(page.items.len());
             for (key, record) in page.items {
-                let record = match record {
-                    Ok(r) => r,
+                match record {
+                    Ok(r) => records.push((key, r)),
                     Err(e) => {
                         node.metrics().corrupt_records.inc();
                         tracing::error!(partition = p, key = %String::from_utf8_lossy(&key), error = %e, "record does not decode; not handed off");
-                        continue;
-                    }
-                };
-                for t in &targets {
-                    if let Err(e) = replica::merge(node, &view, t, p, &key, &record).await {
-                        tracing::warn!(partition = p, peer = %t, error = %e, "hand-off write failed");
                     }
                 }
-                handed += 1;
             }
+            let mut attempt = 0;
+            loop {
+                let sends = records
+                    .iter()
+                    .flat_map(|(k, r)| targets.iter().map(move |t| (t, k, r)))
+                    .map(|(t, k, r)| replica::merge(node, &view, t, p, k, r));
+                match futures_util::future::join_all(sends).await.into_iter().find_map(Result::err) {
+                    None => break,
+                    Some(e) if attempt + 1 < ATTEMPTS => {
+                        attempt += 1;
+                        tracing::warn!(partition = p, error = %e, attempt, "hand-off page not acknowledged; again");
+                        tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                    }
+                    Some(e) => return Err(format!("partition {p} not acknowledged by its new owners: {e}")),
+                }
+            }
+            handed += records.len() as u64;
             match page.next {
                 Some(next) => cursor = Some(next),
                 None => break,
@@ -181,4 +191,5 @@ pub async fn leave(node: &Node) {
     let calls = peers.iter().map(|(id, address)| crate::gossip::exchange(node, id, address));
     futures_util::future::join_all(calls).await;
     tracing::info!(keys = handed, "left the cluster");
+    Ok(handed)
 }

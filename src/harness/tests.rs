@@ -362,9 +362,10 @@ async fn an_empty_replica_is_refilled() {
     // c loses everything (through the change path, so its trees follow).
     let cn = c.node("c");
     for p in 0..cn.storage().partition_count() {
-        cn.storage().drop_partition(p).unwrap();
+        let seen = cn.storage().partition_changes(p);
+        cn.storage().drop_partition_if_unchanged(p, seen).unwrap().unwrap();
     }
-    assert_eq!(cn.storage().partitions_held().unwrap(), Vec::<u32>::new());
+    assert_eq!(cn.storage().partitions_with_data().unwrap(), Vec::<u32>::new());
     let x = exchange(&c, "c", "a").await;
     assert_eq!(x.pulled, 300);
     assert_eq!(exchange(&c, "c", "b").await.keys, 0, "already whole");

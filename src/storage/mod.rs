@@ -56,6 +56,11 @@ const META_HEARTBEAT: &[u8] = b"heartbeat_reserved";
 const META_MEMBERS: &[u8] = b"members";
 const META_DOT_FLOOR: &[u8] = b"dot_floor_reserved";
 const META_OWNERSHIP: &[u8] = b"ownership";
+const META_LAYOUT: &[u8] = b"layout";
+/// How partition trees are keyed: 2 = `(Merkle leaf, key)`. A data dir
+/// written with the earlier layout (plain keys) is refused at start rather
+/// than misread.
+const LAYOUT: u8 = 2;
 
 /// Dot counters are reserved on disk this far ahead, so the floor survives a
 /// crash without a write per request.
@@ -100,6 +105,9 @@ pub enum StorageError {
     /// A blocking storage task failed to complete.
     #[error("storage task failed: {0}")]
     Blocking(String),
+    /// The data dir was written by an earlier release with another layout.
+    #[error("data dir {path} uses an older storage layout ({found}); this release needs layout {LAYOUT}: start it on an empty data dir (the node refills from its replicas)")]
+    OldLayout { path: PathBuf, found: u8 },
 }
 
 /// One page of a partition scan.
@@ -240,6 +248,23 @@ impl Storage {
             }
             None => {
                 meta.insert(META_PARTITIONS, &partitions.to_be_bytes())?;
+            }
+        }
+        match meta.get(META_LAYOUT)?.and_then(|v| v.first().copied()) {
+            Some(LAYOUT) => {}
+            Some(found) => return Err(StorageError::OldLayout { path: dir.to_path_buf(), found }),
+            // No layout recorded: a new data dir, or one from before layouts
+            // were recorded (plain keys) if any partition tree holds data.
+            None => {
+                let old = db
+                    .tree_names()
+                    .iter()
+                    .filter_map(|n| std::str::from_utf8(n).ok().and_then(parse_partition_tree))
+                    .any(|p| db.open_tree(partition_tree(p)).map(|t| !t.is_empty()).unwrap_or(false));
+                if old {
+                    return Err(StorageError::OldLayout { path: dir.to_path_buf(), found: 1 });
+                }
+                meta.insert(META_LAYOUT, &[LAYOUT])?;
             }
         }
         let storage = Self {
@@ -728,20 +753,6 @@ impl Storage {
         Ok(out)
     }
 
-    /// Removes every key of `partition` (each through the change path, so
-    /// its Merkle tree stays exact); returns how many went. Blocking.
-    pub fn drop_partition(&self, partition: u32) -> Result<u64, StorageError> {
-        let tree = self.tree(partition)?;
-        let mut removed = 0;
-        for item in tree.iter() {
-            let (k, v) = item?;
-            if self.commit(partition, tree, &k, Some(v), None)? {
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
     /// Removes every key of `partition` if no change was committed to it
     /// since [`Storage::partition_changes`] returned `expected`: the check
     /// and the removal happen with the partition's gate held exclusively, so
@@ -754,17 +765,12 @@ impl Storage {
         if part.changes.load(Ordering::SeqCst) != expected {
             return Ok(None);
         }
-        let mut removed = 0;
-        for kv in tree.iter() {
-            let (k, v) = kv?;
-            if tree.compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?.is_ok() {
-                part.changes.fetch_add(1, Ordering::SeqCst);
-                if part.tracks(&k) {
-                    part.merkle.toggle(leaf_of_ikey(&k), item(&k, Some(&v)));
-                }
-                removed += 1;
-            }
-        }
+        // No writer can commit while the gate is held, so the tree empties
+        // as one step and its Merkle tree goes back to all zeros with it.
+        let removed = tree.len() as u64;
+        tree.clear()?;
+        part.merkle.clear();
+        part.changes.fetch_add(removed.max(1), Ordering::SeqCst);
         Ok(Some(removed))
     }
 
@@ -784,8 +790,8 @@ impl Storage {
         Ok(())
     }
 
-    /// The partitions this node holds at least one key of, in order.
-    pub fn partitions_held(&self) -> Result<Vec<u32>, StorageError> {
+    /// The partitions this node stores at least one key of, in order.
+    pub fn partitions_with_data(&self) -> Result<Vec<u32>, StorageError> {
         let mut held = Vec::new();
         for name in self.db.tree_names() {
             let Some(p) = std::str::from_utf8(&name).ok().and_then(parse_partition_tree) else { continue };
@@ -1231,6 +1237,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_data_dir_of_the_older_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What an earlier release left: a partition tree with a plain key.
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta").unwrap().insert(META_PARTITIONS, &1u32.to_be_bytes()).unwrap();
+            db.open_tree(partition_tree(0)).unwrap().insert(b"plain", &[1u8, 0][..]).unwrap();
+            db.flush().unwrap();
+        }
+        match reopen(dir.path(), &opts(1, false)) {
+            Err(e @ StorageError::OldLayout { found: 1, .. }) => assert!(e.to_string().contains("empty data dir")),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
     async fn partitions_drop_through_the_change_path() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), &opts(4, false)).unwrap();
@@ -1238,11 +1260,11 @@ mod tests {
         for i in 0..50 {
             s.merge(i % 2, format!("k{i}").as_bytes(), &versioned("w", "v", false, 1)).unwrap();
         }
-        assert_eq!(s.partitions_held().unwrap(), vec![0, 1]);
+        assert_eq!(s.partitions_with_data().unwrap(), vec![0, 1]);
         let before = s.partition_changes(1);
-        assert_eq!(s.drop_partition(1).unwrap(), 25);
-        assert_eq!(s.partition_changes(1), before + 25);
-        assert_eq!(s.partitions_held().unwrap(), vec![0]);
+        assert_eq!(s.drop_partition_if_unchanged(1, before).unwrap(), Some(25));
+        assert!(s.partition_changes(1) > before);
+        assert_eq!(s.partitions_with_data().unwrap(), vec![0]);
         assert_eq!(s.merkle(1).root(), 0, "dropped keys left the tree too");
         // A guarded drop refuses once anything changed since it looked.
         s.build_tree(0).unwrap();

@@ -92,6 +92,11 @@ impl Transport for HttpTransport {
                 .request(method, format!("{}{}", to.address, req.path_and_query))
                 .timeout(timeout)
                 .header(FORWARDED_HEADER, "1");
+            // The mark is honoured only with the secret, when there is one:
+            // a client cannot skip a node's forwarding rules by sending it.
+            if let Some(s) = &self.secret {
+                r = r.header(SECRET_HEADER, s);
+            }
             for (k, v) in req.headers {
                 r = r.header(k, v);
             }

@@ -18,8 +18,10 @@ use crate::membership::Digest;
 use crate::storage::Record;
 use crate::version::Dot;
 
-/// The leading byte of every binary message.
-pub const FORMAT: u8 = 1;
+/// The leading byte of every binary message. 2 since records carry their
+/// purge context: a node of another format refuses the message rather than
+/// misreading it.
+pub const FORMAT: u8 = 2;
 
 /// One gossip exchange, either direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,8 +82,15 @@ pub enum BatchOp {
         dots: Vec<Dot>,
     },
     /// This node's own record of a key, never completed from elsewhere
-    /// (a receiving node completing its answer asks this of a holder).
+    /// (a receiving node completing its answer asks this of a holder);
+    /// refused by a node that does not hold the partition yet.
     ReadLocal {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Whatever this node stores for a key right now (`/cluster/replicas`).
+    Inspect {
         /// The key.
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
@@ -106,6 +115,10 @@ enum BatchOpRef<'a> {
         dots: &'a [Dot],
     },
     ReadLocal {
+        #[serde(with = "serde_bytes")]
+        key: &'a [u8],
+    },
+    Inspect {
         #[serde(with = "serde_bytes")]
         key: &'a [u8],
     },
@@ -242,6 +255,11 @@ pub fn read_local_op(key: &[u8]) -> Bytes {
     Bytes::from(postcard::to_allocvec(&BatchOpRef::ReadLocal { key }).expect("plain data serializes"))
 }
 
+/// Encodes an inspection of what a replica stores, for a batch.
+pub fn inspect_op(key: &[u8]) -> Bytes {
+    Bytes::from(postcard::to_allocvec(&BatchOpRef::Inspect { key }).expect("plain data serializes"))
+}
+
 /// Encodes a purge for a batch.
 pub fn purge_op(key: &[u8], dots: &[Dot]) -> Bytes {
     Bytes::from(postcard::to_allocvec(&BatchOpRef::Purge { key, dots }).expect("plain data serializes"))
@@ -329,22 +347,22 @@ mod tests {
         let body = batch_body(&[read_op(b"k"), write_op(b"k", &rec), purge_op(b"k", &dots)]);
         assert_eq!(hex(&body), GOLDEN_BATCH);
         let replies = encode(&vec![BatchReply::Read(None), BatchReply::Written, BatchReply::Failed("no".into())]);
-        assert_eq!(hex(&replies), "010300000102026e6f");
-        assert_eq!(hex(&hint_request("o", b"k", &Record::new())), "01016f016b000000");
+        assert_eq!(hex(&replies), "020300000102026e6f");
+        assert_eq!(hex(&hint_request("o", b"k", &Record::new())), "02016f016b000000");
     }
 
     /// Golden vector: an anti-entropy exchange (a root, then a leaf).
     #[test]
     fn golden_anti_entropy_bytes() {
         let ask = AeCompare { nodes: vec![NodeHash { partition: 3, level: 0, index: 0, hash: 7u64.to_le_bytes() }] };
-        assert_eq!(hex(&encode(&ask)), "01010300000700000000000000");
+        assert_eq!(hex(&encode(&ask)), "02010300000700000000000000");
         let reply = AeReply {
             diffs: vec![
                 AeDiff::Leaf { partition: 3, index: 4095, items: vec![(b"k".to_vec().into(), 9u64.to_le_bytes())] },
                 AeDiff::NotReady { partition: 5 },
             ],
         };
-        assert_eq!(hex(&encode(&reply)), "01020103ff1f01016b09000000000000000205");
+        assert_eq!(hex(&encode(&reply)), "02020103ff1f01016b09000000000000000205");
         assert_eq!(decode::<AeReply>(&encode(&reply)), Some(reply));
     }
 
@@ -427,5 +445,5 @@ mod tests {
         assert!(decode::<TransferReply>(&s[6]).is_some());
     }
 
-    const GOLDEN_BATCH: &str = "010300016b01016b0201610100000268690a746578742f706c61696e80d095ffbc3101e0a499ffbc31000162070000000081d095ffbc310001000002016b01016101";
+    const GOLDEN_BATCH: &str = "020300016b01016b0201610100000268690a746578742f706c61696e80d095ffbc3101e0a499ffbc31000162070000000081d095ffbc310001000002016b01016101";
 }

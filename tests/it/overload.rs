@@ -125,3 +125,19 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     assert_eq!(n, 0);
     assert!(t.elapsed() >= Duration::from_millis(300), "closed too early: {:?}", t.elapsed());
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sends_anything_is_closed() {
+    let s = Server::start(&["--header-timeout-ms", "500"]).await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf))
+        .await
+        .expect("the node closed the silent connection")
+        .unwrap_or(0);
+    assert!(!String::from_utf8_lossy(&buf[..n]).contains(" 408 "), "failures are never 408");
+    assert!(t.elapsed() >= Duration::from_millis(300), "closed too early: {:?}", t.elapsed());
+    assert_eq!(s.get("anything").await.0, 404, "still serving");
+}
