@@ -2,8 +2,9 @@
 //! versions, no replication. `memory` is a sharded in-memory map (what plain
 //! axum allows); `sled` stores the value bytes in one sled tree with sled's
 //! default flushing (what plain sled allows); `sled-sync` flushes before
-//! every acknowledgement, writes arriving together sharing a flush (sled's
-//! `flush_async`), like dynakv's `--sync-writes`.
+//! every acknowledgement on a blocking thread, like dynakv's
+//! `--sync-writes` (sled makes its log stable once for all the writers
+//! waiting; its own `flush_async` can hang, see `storage::flush_blocking`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -85,8 +86,11 @@ async fn write(State(s): State<Arc<Store>>, Path(key): Path<String>, body: Bytes
             if db.insert(key.as_bytes(), body.as_ref()).is_err() {
                 return StatusCode::INTERNAL_SERVER_ERROR;
             }
-            if *sync && db.flush_async().await.is_err() {
-                return StatusCode::INTERNAL_SERVER_ERROR;
+            if *sync {
+                let db = db.clone();
+                if !matches!(tokio::task::spawn_blocking(move || db.flush()).await, Ok(Ok(_))) {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
             }
         }
     }
