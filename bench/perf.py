@@ -6,7 +6,10 @@ both load generators (dynakv-bench and wrk):
   --sync-writes, against the sled server that flushes before every ack;
 - three nodes at r=w=quorum against one node, and p99 at half the
   three-node saturation rate (open loop, dynakv-bench);
-- resident memory after loading BIG keys of 1 KiB, dynakv against sled.
+- resident memory after loading BIG keys of 1 KiB, dynakv against sled;
+- the server's CPU time per request (user + system, from /proc) in the
+  dynakv-bench runs, which shows where a gap comes from even when the load
+  generator and the server compete for the same cores.
 
 Medians of RUNS runs of DUR, alternating targets. Writes
 bench/results/perf.md. wrk is installed with apt-get when missing.
@@ -56,6 +59,17 @@ def gen(url_list, workload, level=None):
     return rep["total"]["throughput"], rep["total"]["p99_ms"]
 
 
+def gen_cpu(url, workload, pid):
+    """Throughput, and the server's CPU microseconds per request. The CPU
+    count covers the warm-up second too, so requests are counted over the
+    same span at the measured rate."""
+    c0 = common.cpu_seconds([pid])
+    rep = common.bench([url], workload, KEYS, 32, DUR, "1s")
+    cpu = common.cpu_seconds([pid]) - c0
+    ops = rep["total"]["throughput"]
+    return ops, cpu * 1e6 / max(1.0, ops * (float(DUR.rstrip("s")) + 1.0))
+
+
 def main():
     ensure_wrk()
     root = tempfile.mkdtemp(prefix="dynakv-perf-")
@@ -67,12 +81,15 @@ def main():
 
     try:
         ports = {n: common.free_port() for n in ("memory", "sled", "sled-sync", "one", "sync")}
-        procs.start([common.BENCH, "baseline", "--backend", "memory", "--listen", f"127.0.0.1:{ports['memory']}"])
-        procs.start([common.BENCH, "baseline", "--backend", "sled", "--listen", f"127.0.0.1:{ports['sled']}",
-                     "--data-dir", os.path.join(root, "sled")])
+        pid = {}
+        pid["memory"] = procs.start([common.BENCH, "baseline", "--backend", "memory", "--listen",
+                                     f"127.0.0.1:{ports['memory']}"]).pid
+        pid["sled"] = procs.start([common.BENCH, "baseline", "--backend", "sled", "--listen",
+                                   f"127.0.0.1:{ports['sled']}", "--data-dir", os.path.join(root, "sled")]).pid
         procs.start([common.BENCH, "baseline", "--backend", "sled-sync", "--listen",
                      f"127.0.0.1:{ports['sled-sync']}", "--data-dir", os.path.join(root, "sled-sync")])
-        procs.start([common.DYNAKV, "--listen", f"127.0.0.1:{ports['one']}", "--data-dir", os.path.join(root, "one")])
+        pid["one"] = procs.start([common.DYNAKV, "--listen", f"127.0.0.1:{ports['one']}", "--data-dir",
+                                  os.path.join(root, "one")]).pid
         procs.start([common.DYNAKV, "--listen", f"127.0.0.1:{ports['sync']}", "--data-dir", os.path.join(root, "sync"),
                      "--sync-writes"])
         urls = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
@@ -81,8 +98,10 @@ def main():
             common.preload([u], KEYS)
         for run in range(RUNS):
             for name in ("memory", "sled", "one"):
-                add(f"{name} put gen", gen([urls[name]], "write")[0])
-                add(f"{name} get gen", gen([urls[name]], "c")[0])
+                for op, workload in (("put", "write"), ("get", "c")):
+                    ops, us = gen_cpu(urls[name], workload, pid[name])
+                    add(f"{name} {op} gen", ops)
+                    add(f"{name} {op} cpu", us)
                 add(f"{name} put wrk", wrk(urls[name], "put"))
                 add(f"{name} get wrk", wrk(urls[name], "get"))
             for name in ("sled-sync", "sync"):
@@ -144,6 +163,9 @@ def main():
              f"{m['one put wrk'] / m['sled put wrk']:.2f} |",
              f"| 1 node / sled, GET (target ≥ 0.85) | {m['one get gen'] / m['sled get gen']:.2f} | "
              f"{m['one get wrk'] / m['sled get wrk']:.2f} |",
+             f"| server CPU per request, µs, PUT / GET: in-memory, sled, 1 node | "
+             f"{m['memory put cpu']:.1f} / {m['memory get cpu']:.1f}, {m['sled put cpu']:.1f} / "
+             f"{m['sled get cpu']:.1f}, {m['one put cpu']:.1f} / {m['one get cpu']:.1f} | |",
              f"| flushing sled baseline PUT ops/s | {m['sled-sync put gen']:.0f} | {m['sled-sync put wrk']:.0f} |",
              f"| 1 node `--sync-writes` PUT ops/s | {m['sync put gen']:.0f} | {m['sync put wrk']:.0f} |",
              f"| `--sync-writes` / flushing sled (target ≥ 0.8) | {m['sync put gen'] / m['sled-sync put gen']:.2f} | "
