@@ -355,6 +355,11 @@ pub async fn exchange_partitions(
         }
         frontier = next;
     }
+    // Stopped at the key budget with branches left unexplored: more may
+    // differ than was found, so the exchange is not complete.
+    if !frontier.is_empty() {
+        x.truncated = true;
+    }
     x.keys = found as u64;
     for (partition, keys) in differing {
         if budget.exhausted() {
