@@ -367,7 +367,7 @@ impl Storage {
     pub fn issued(&self, counter: u64) -> Result<(), StorageError> {
         self.dot_floor.fetch_max(counter, Ordering::SeqCst);
         if counter >= self.dot_reserved.load(Ordering::SeqCst) {
-            let upto = counter + DOT_RESERVE;
+            let upto = counter.saturating_add(DOT_RESERVE);
             self.meta.insert(META_DOT_FLOOR, &upto.to_be_bytes())?;
             self.db.flush()?;
             self.dot_reserved.fetch_max(upto, Ordering::SeqCst);

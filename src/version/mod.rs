@@ -435,7 +435,8 @@ impl<T: Clone> Siblings<T> {
 /// a dot of its earlier life.
 pub fn next_dot(held: &Context, ctx: &Context, node: &str, floor: u64) -> Dot {
     let mine = held.max_of(node);
-    let counter = if mine == 0 { floor.max(ctx.max_of(node)) + 1 } else { mine.max(ctx.max_of(node)) + 1 };
+    // Saturating: counters come from peers too, and must never wrap back.
+    let counter = if mine == 0 { floor.max(ctx.max_of(node)) } else { mine.max(ctx.max_of(node)) }.saturating_add(1);
     Dot { node: node.to_string(), counter }
 }
 
