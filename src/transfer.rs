@@ -16,8 +16,10 @@
 //!   differs. Holders are tried in ring order; one that fails, stalls past
 //!   the request timeout or no longer holds the partition is replaced by the
 //!   next, with a log line saying why. If no member holds the partition and
-//!   every member answered, none has data for it, it is new (a new cluster)
-//!   and is taken as received.
+//!   every member answered, it is taken as received: it is new (a new
+//!   cluster), or only scattered early writes exist on nodes that never
+//!   held it, which anti-entropy then merges (until it has, an `r=1` read
+//!   through this node can miss such a key).
 //! - **hands off** partitions it holds but no longer owns: every key goes to
 //!   every current owner, and the partition is dropped only once all of them
 //!   acknowledged every key, and only if nothing changed here meanwhile
