@@ -109,18 +109,21 @@ pub async fn run(
     if !node.stop_tasks(DRAIN_TIMEOUT).await {
         tracing::warn!("background tasks still running after {DRAIN_TIMEOUT:?}; closing anyway");
     }
-    // After the workers stopped, so no heartbeat revives us as alive.
-    if node.leave_requested().is_cancelled()
-        && tokio::time::timeout(LEAVE_TIMEOUT, crate::handoff::leave(&node)).await.is_err()
-    {
-        tracing::error!(
-            "hand-off not finished within {LEAVE_TIMEOUT:?}; anti-entropy on the new owners will complete it"
-        );
+    // After the workers stopped, so no heartbeat revives us as alive. A
+    // hand-off that fails or runs out of time does not announce `left`:
+    // the node stays a member with all its data, and exits 1.
+    let mut left = Ok(());
+    if node.leave_requested().is_cancelled() {
+        left = match tokio::time::timeout(LEAVE_TIMEOUT, crate::handoff::leave(&node)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StartError::Leave(e)),
+            Err(_) => Err(StartError::Leave(format!("hand-off not finished within {LEAVE_TIMEOUT:?}"))),
+        };
     }
     node.close_transport(DRAIN_TIMEOUT).await;
     node.storage().flush().await?;
     tracing::info!("stopped; data flushed");
-    Ok(())
+    left
 }
 
 /// Limits on connections (SPEC §3, "Overload": slow and idle clients).

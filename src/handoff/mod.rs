@@ -10,15 +10,19 @@
 //!
 //! [`leave`] runs when `POST /cluster/leave` stops the node: every key it
 //! stores is written to the key's preference list in the ring without this
-//! node, its hints are delivered, and `left` is gossiped to every live peer.
+//! node, every hint it keeps goes to the live members of its key's
+//! preference list, and `left` is gossiped to every live peer; if anything
+//! was not taken, the node does not announce `left`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::ClusterView;
 use crate::membership::Status;
 use crate::node::Node;
 use crate::replica;
+use crate::ring::Ring;
 use crate::storage::Hint;
 use crate::worker::{self, State, WorkError, Worker};
 
@@ -178,9 +182,7 @@ pub async fn leave(node: &Node) -> Result<u64, String> {
             }
         }
     }
-    if let Err(e) = deliver(node).await {
-        tracing::warn!(error = %e, "delivering hints before leaving failed");
-    }
+    let hints = hand_off_hints(node, &view, &after).await?;
     node.mark_left();
     let view = node.view();
     let peers: Vec<(String, String)> = view
@@ -190,6 +192,54 @@ pub async fn leave(node: &Node) -> Result<u64, String> {
         .collect();
     let calls = peers.iter().map(|(id, address)| crate::gossip::exchange(node, id, address));
     futures_util::future::join_all(calls).await;
-    tracing::info!(keys = handed, "left the cluster");
+    tracing::info!(keys = handed, hints, "left the cluster");
     Ok(handed)
+}
+
+/// Hands every hint this node keeps to the live members of its key's
+/// preference list in the ring without this node (the intended owner too
+/// when it is alive), deleting each one at least one of them acknowledged.
+/// A hint nobody takes is tried again a few times; then the leave fails
+/// rather than take the only extra copy of an acknowledged write with it.
+/// Returns how many hints were handed off.
+async fn hand_off_hints(node: &Node, view: &ClusterView, after: &Ring) -> Result<u64, String> {
+    const ATTEMPTS: u64 = 5;
+    let storage = node.storage();
+    let alive = |id: &str| id != node.id() && matches!(view.status(id), Some(Status::Alive));
+    let mut handed = 0u64;
+    let mut stalled = 0u64;
+    loop {
+        let hints = storage.hints(BATCH).map_err(|e| e.to_string())?;
+        if hints.is_empty() {
+            return Ok(handed);
+        }
+        let mut progress = false;
+        for hint in hints {
+            let mut targets: Vec<&str> =
+                after.preference_list(hint.partition).into_iter().filter(|id| alive(id)).collect();
+            if alive(&hint.owner) && !targets.contains(&hint.owner.as_str()) {
+                targets.push(&hint.owner);
+            }
+            let sends = targets.iter().map(|t| replica::merge(node, view, t, hint.partition, &hint.key, &hint.record));
+            let acked = futures_util::future::join_all(sends).await.into_iter().filter(Result::is_ok).count();
+            if acked > 0 && storage.remove_hint(&hint).map_err(|e| e.to_string())? {
+                handed += 1;
+                progress = true;
+            }
+        }
+        if progress {
+            stalled = 0;
+            continue;
+        }
+        stalled += 1;
+        if stalled >= ATTEMPTS {
+            return Err(format!("{} hints could not be handed to any live replica", storage.hints_pending()));
+        }
+        tracing::warn!(
+            pending = storage.hints_pending(),
+            attempt = stalled,
+            "hints not taken by any live replica; again"
+        );
+        tokio::time::sleep(Duration::from_millis(200 * stalled)).await;
+    }
 }

@@ -119,6 +119,38 @@ async fn stand_ins_are_taken_in_ring_order_and_hints_go_back_to_the_owner() {
     assert_eq!(rec.values()[0].payload.value, b"v2");
 }
 
+/// A stand-in that leaves hands its hints to the live replicas of their
+/// keys even while the intended owner is unreachable, and one that cannot
+/// hand a hint to anybody does not leave (it would take the extra copy of an
+/// acknowledged write with it).
+#[tokio::test]
+async fn a_leaving_stand_in_hands_its_hints_on_or_does_not_leave() {
+    let c = Mem::new(5, &[]);
+    let (key, walk) = c.key_led_by("a");
+    let (owner, standin) = (walk[1].as_str(), walk[3].as_str());
+    c.net.set_link("a", owner, Link::Down);
+    coordinator::write(c.node("a"), write(&key, "v", Level::All)).await.expect("w=all met with a stand-in");
+    assert_eq!(c.hints_for(standin, owner), 1);
+    assert_eq!(c.held(standin, &key), 0, "the stand-in keeps a hint, not a replica");
+    let s = c.node(standin);
+
+    // Nobody reachable: the leave fails, the stand-in stays a member and
+    // keeps the hint.
+    let others: Vec<&str> = IDS[..5].iter().copied().filter(|id| *id != standin).collect();
+    c.net.isolate(standin, &others);
+    let err = crate::handoff::leave(s).await.expect_err("no replica took the hint");
+    assert!(err.contains("hints"), "{err}");
+    assert_eq!(s.view().status(standin), Some(crate::membership::Status::Alive));
+    assert_eq!(c.hints_for(standin, owner), 1);
+
+    // The other replicas are back, the owner still is not: they take it.
+    c.net.heal();
+    c.net.set_link(standin, owner, Link::Down);
+    crate::handoff::leave(s).await.expect("the live replicas took the hint");
+    assert_eq!(c.hints_for(standin, owner), 0);
+    assert_eq!(s.view().status(standin), Some(crate::membership::Status::Left));
+}
+
 #[tokio::test]
 async fn no_stand_in_left_means_no_quorum_but_the_write_stays() {
     // Three nodes, N = 3: nobody stands in.

@@ -483,6 +483,23 @@ async fn tombstones_are_purged_on_every_replica_once_all_hold_them() {
 }
 
 #[tokio::test]
+async fn a_leave_whose_hand_off_is_not_acknowledged_exits_1_and_stays_a_member() {
+    let mut c = Cluster::start(2, &[]).await;
+    for i in 0..10 {
+        assert_eq!(put(c.node(0), &format!("f{i}"), "v", "?w=all", None).await.status(), 204);
+    }
+    // The only node that could take n2's keys does not answer.
+    c.node(0).pause();
+    let r = c.nodes[1].http.post(c.nodes[1].at("/cluster/leave")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let status = c.nodes[1].wait();
+    c.node(0).resume();
+    assert_eq!(status.code(), Some(1), "a leave that could not hand off exits 1");
+    let n2 = member_statuses(c.node(0)).await.get("n2").cloned();
+    assert!(n2.is_some() && n2.as_deref() != Some("left"), "n2 never announced left: {n2:?}");
+}
+
+#[tokio::test]
 async fn leave_needs_the_bearer_secret_when_one_is_set() {
     let mut c = Cluster::start(2, &["--cluster-secret", "s3cret"]).await;
     let s = c.node(1);
