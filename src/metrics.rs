@@ -42,6 +42,9 @@ pub struct Metrics {
     pub quorum_failures: IntCounterVec,
     /// `dynakv_read_repairs_total`: replicas sent a merged state after a read.
     pub read_repairs: IntCounter,
+    /// `dynakv_read_digest_mismatches_total`: replicas whose digest differed
+    /// from a read's merge (or could not be compared), read whole after it.
+    pub read_digest_mismatches: IntCounter,
     /// `dynakv_hints_stored_total`: hints accepted by this node as a stand-in.
     pub hints_stored: IntCounter,
     /// `dynakv_hints_delivered_total`: hints handed back to their owner.
@@ -166,6 +169,11 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             read_repairs: counter(&r, "dynakv_read_repairs_total", "Replicas repaired after a read"),
+            read_digest_mismatches: counter(
+                &r,
+                "dynakv_read_digest_mismatches_total",
+                "Replicas read whole after their digest differed from a read's merge",
+            ),
             hints_stored: counter(&r, "dynakv_hints_stored_total", "Hints stored as a stand-in"),
             hints_delivered: counter(&r, "dynakv_hints_delivered_total", "Hints delivered to their owner"),
             hints_pending: gauge(&r, "dynakv_hints_pending", "Hints waiting for their owner"),

@@ -97,7 +97,7 @@ fn written(reply: BatchReply) -> Result<(), ReplicaError> {
     match reply {
         BatchReply::Written => Ok(()),
         BatchReply::Failed(e) => Err(TransportError::Remote(e).into()),
-        BatchReply::Read(_) => Err(TransportError::Malformed.into()),
+        BatchReply::Read(_) | BatchReply::Digest(_) => Err(TransportError::Malformed.into()),
     }
 }
 
@@ -114,6 +114,28 @@ pub async fn read(
     }
     match node.batch(target(view, id)?, wire::read_op(key)).await? {
         BatchReply::Read(r) => Ok(r),
+        BatchReply::Failed(e) => Err(TransportError::Remote(e).into()),
+        BatchReply::Written | BatchReply::Digest(_) => Err(TransportError::Malformed.into()),
+    }
+}
+
+/// What a replica answered to a digest read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaCopy {
+    /// Its whole record (`None`: it has nothing for the key): what a
+    /// replica still receiving the partition answers, completed from a
+    /// holder.
+    Full(Option<Record>),
+    /// The digest of its record (`None`: it has nothing for the key).
+    Digest(Option<u128>),
+}
+
+/// Replica `id`'s digest of `key` (a remote replica; this node reads its
+/// own copy whole, see [`read`]).
+pub async fn digest(node: &Node, view: &ClusterView, id: &str, key: &[u8]) -> Result<ReplicaCopy, ReplicaError> {
+    match node.batch(target(view, id)?, wire::digest_op(key)).await? {
+        BatchReply::Digest(d) => Ok(ReplicaCopy::Digest(d)),
+        BatchReply::Read(r) => Ok(ReplicaCopy::Full(r)),
         BatchReply::Failed(e) => Err(TransportError::Remote(e).into()),
         BatchReply::Written => Err(TransportError::Malformed.into()),
     }
@@ -197,7 +219,7 @@ pub async fn inspect(
     match node.batch(target(view, id)?, wire::inspect_op(key)).await? {
         BatchReply::Read(r) => Ok(r),
         BatchReply::Failed(e) => Err(TransportError::Remote(e).into()),
-        BatchReply::Written => Err(TransportError::Malformed.into()),
+        BatchReply::Written | BatchReply::Digest(_) => Err(TransportError::Malformed.into()),
     }
 }
 
@@ -240,7 +262,7 @@ pub async fn purge(
     match node.batch(target(view, id)?, wire::purge_op(key, dots)).await? {
         BatchReply::Written => Ok(true),
         BatchReply::Failed(_) => Ok(false),
-        BatchReply::Read(_) => Err(TransportError::Malformed.into()),
+        BatchReply::Read(_) | BatchReply::Digest(_) => Err(TransportError::Malformed.into()),
     }
 }
 

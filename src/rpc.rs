@@ -175,6 +175,26 @@ pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
                     }
                 }
             }
+            // A digest of this node's copy; a node still receiving the
+            // partition answers with the copy completed from a holder, as
+            // for a read (its own copy may lack the key).
+            BatchOp::Digest { key } if key_ok(node, key) => {
+                let p = partition_of(key);
+                let mine = view.ring().preference_list(p).contains(&node.id()) || node.standing(p) != Standing::None;
+                if !mine || !node.knows_cluster() {
+                    BatchReply::Failed(format!("not a replica of partition {p} here"))
+                } else if node.receiving(&view, p) {
+                    match crate::replica::local_read(node, &view, p, key).await {
+                        Ok(r) => BatchReply::Read(r),
+                        Err(e) => BatchReply::Failed(e.to_string()),
+                    }
+                } else {
+                    match storage.digest(p, key) {
+                        Ok(d) => BatchReply::Digest(d),
+                        Err(e) => BatchReply::Failed(e.to_string()),
+                    }
+                }
+            }
             // Only a holder's own copy: a node still receiving the partition
             // has nothing to vouch for.
             BatchOp::Inspect { key } if key_ok(node, key) => match storage.get(partition_of(key), key) {

@@ -10,7 +10,8 @@
 //! client gets its answer once W nodes acked; the rest finish in the
 //! background.
 //!
-//! A read asks every node of the preference list in parallel, answers once R
+//! A read asks every node of the preference list in parallel (one for its
+//! record, the others for a digest of theirs, see [`read`]), answers once R
 //! replied, merges the replies (dominated versions dropped, siblings kept) and
 //! hides expired values. When all replies are in (or the timeout passed), every
 //! replica whose state differs from the merge gets the merge (read repair).
@@ -30,7 +31,7 @@ use tokio::time::Instant;
 use crate::clock::now_ms;
 use crate::cluster::ClusterView;
 use crate::node::Node;
-use crate::replica::{self, ReplicaError};
+use crate::replica::{self, ReplicaCopy, ReplicaError};
 use crate::storage::{Content, Record, StorageError};
 use crate::transport::wire;
 use crate::version::{next_dot, Context};
@@ -261,10 +262,18 @@ pub fn new_version(
     (next, clock)
 }
 
-/// A replica's answer to a read: its copy, or `None` when it did not answer.
-type Reply = (String, Option<Option<Record>>);
+/// A replica's answer to a read: its copy (whole, or a digest), or `None`
+/// when it did not answer.
+type Reply = (String, Option<ReplicaCopy>);
 
 /// Coordinates a client read at `level`.
+///
+/// Every replica of the preference list is asked at once, but only one for
+/// its whole record: this node when it is a replica, else the first of the
+/// list. The others answer with a digest of theirs (Cassandra's digest
+/// reads), which counts towards R when it matches what the read has merged;
+/// one that differs is asked for its record before it counts. Replies and
+/// read repair otherwise work as if every replica had sent its record.
 pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResult, CoordError> {
     let view = node.view();
     let partition = view.ring().partition_of(key);
@@ -280,27 +289,39 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
         return Ok(visible(local.unwrap_or_default(), now_ms()));
     }
     let pref = replica::read_set(&view, partition);
+    // The whole record from this node when it is a replica, else from the
+    // first replica seen alive (a down one would only delay the read).
+    let whole_from: String = if pref.iter().any(|id| id == node.id()) {
+        node.id().to_string()
+    } else {
+        pref.iter().find(|id| view.is_alive(id)).or(pref.first()).cloned().unwrap_or_default()
+    };
     let key = Arc::new(key.to_vec());
-    let (tx, rx) = mpsc::channel::<Reply>(pref.len().max(1));
+    // Room for every first answer and every follow-up read.
+    let (tx, rx) = mpsc::channel::<Reply>(2 * pref.len().max(1));
     for id in &pref {
         if id == node.id() && !node.receiving(&view, partition) {
             let local = node.storage().get(partition, &key)?;
-            let _ = tx.send((id.clone(), Some(local))).await;
+            let _ = tx.send((id.clone(), Some(ReplicaCopy::Full(local)))).await;
             continue;
         }
         // Remote replicas, and this node while it is still receiving the
         // partition (its answer then includes a holder's copy).
+        let whole = *id == whole_from;
         let (n, tx, key, id, view) = (node.clone(), tx.clone(), key.clone(), id.clone(), view.clone());
         node.spawn(async move {
-            let reply = replica::read(&n, &view, &id, partition, &key).await.ok();
-            let _ = tx.send((id, reply)).await;
+            let reply = if whole {
+                replica::read(&n, &view, &id, partition, &key).await.map(ReplicaCopy::Full)
+            } else {
+                replica::digest(&n, &view, &id, &key).await
+            };
+            let _ = tx.send((id, reply.ok())).await;
         });
     }
-    drop(tx);
     let (quorum_tx, quorum_rx) = oneshot::channel();
     let deadline = Instant::now() + node.timeout() + Duration::from_millis(50);
     let tally = Tally::new(needed, pref.len());
-    node.spawn(gather(node.clone(), view, partition, key, tally, deadline, rx, quorum_tx));
+    node.spawn(gather(node.clone(), view, partition, key, whole_from, tally, deadline, (tx, rx), quorum_tx));
     match quorum_rx.await {
         Ok(Ok(merged)) => Ok(visible(merged, now_ms())),
         Ok(Err(acked)) => {
@@ -311,34 +332,95 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
     }
 }
 
+/// What a read knows of one replica's copy once it counted: the record, or
+/// only its digest (which matched the merge at the time).
+enum Known {
+    Record(Option<Record>),
+    Digest(Option<u128>),
+}
+
+/// The digest a replica holding exactly `merged` would send (`None` for
+/// nothing at all: no whole record had anything for the key).
+fn digest_of(merged: &Record, any: bool) -> Option<u128> {
+    any.then(|| crate::storage::record::digest(&crate::storage::record::encode(merged)))
+}
+
 /// Collects read replies: answers the client through `quorum` as soon as the
 /// tally is reached (or `Err(replies)` once it failed), then waits for the
-/// rest and repairs every replica that differs from the merge.
+/// rest and repairs every replica that differs from the merge. A digest is
+/// compared with the merge of the whole records so far; one that differs,
+/// or that cannot be compared because `whole_from` (the replica asked for
+/// its record) failed, is followed by a read of that replica's record,
+/// answered on `chan` like the rest.
 #[allow(clippy::too_many_arguments)]
 async fn gather(
     node: Arc<Node>,
     view: Arc<ClusterView>,
     partition: u32,
     key: Arc<Vec<u8>>,
+    whole_from: String,
     mut tally: Tally,
     deadline: Instant,
-    mut rx: mpsc::Receiver<Reply>,
+    chan: (mpsc::Sender<Reply>, mpsc::Receiver<Reply>),
     quorum: oneshot::Sender<Result<Record, usize>>,
 ) {
+    let (tx, mut rx) = chan;
     let mut quorum = Some(quorum);
-    let mut replies: Vec<(String, Option<Record>)> = Vec::new();
+    let mut known: Vec<(String, Known)> = Vec::new();
     let mut merged = Record::new();
+    // Whether a whole record has come in, whether one had the key, and
+    // whether the replica asked for one failed before any came.
+    let (mut whole, mut any, mut whole_lost) = (false, false, false);
+    // Digests waiting for a whole record to compare with.
+    let mut early: Vec<(String, Option<u128>)> = Vec::new();
+    let follow_up = |id: String| {
+        let (n, tx, key, view) = (node.clone(), tx.clone(), key.clone(), view.clone());
+        node.metrics().read_digest_mismatches.inc();
+        node.spawn(async move {
+            let reply = replica::read(&n, &view, &id, partition, &key).await.ok();
+            let _ = tx.send((id, reply.map(ReplicaCopy::Full))).await;
+        });
+    };
     while !tally.complete() {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((id, Some(rec)))) => {
+            Ok(Some((id, Some(ReplicaCopy::Full(rec))))) => {
                 if let Some(r) = &rec {
-                    merged = merged.sync(r);
+                    merged = if any { merged.sync(r) } else { r.clone() };
+                    any = true;
                 }
-                replies.push((id, rec));
+                whole = true;
+                known.push((id, Known::Record(rec)));
                 tally.ok();
+                // Digests that came first are compared now.
+                let current = digest_of(&merged, any);
+                for (id, d) in std::mem::take(&mut early) {
+                    if d == current {
+                        known.push((id, Known::Digest(d)));
+                        tally.ok();
+                    } else {
+                        follow_up(id);
+                    }
+                }
             }
-            Ok(Some((_, None))) => {
+            Ok(Some((id, Some(ReplicaCopy::Digest(d))))) => {
+                if whole && d == digest_of(&merged, any) {
+                    known.push((id, Known::Digest(d)));
+                    tally.ok();
+                } else if whole || whole_lost {
+                    follow_up(id);
+                } else {
+                    early.push((id, d));
+                }
+            }
+            Ok(Some((id, None))) => {
                 tally.fail();
+                // The whole record will not come: digests are read whole.
+                if !whole && id == whole_from {
+                    whole_lost = true;
+                    for (id, _) in std::mem::take(&mut early) {
+                        follow_up(id);
+                    }
+                }
             }
             Ok(None) | Err(_) => break,
         }
@@ -362,8 +444,13 @@ async fn gather(
     if merged.is_empty() {
         return;
     }
-    for (id, rec) in replies {
-        if rec.as_ref() == Some(&merged) {
+    let current = digest_of(&merged, any);
+    for (id, copy) in known {
+        let behind = match copy {
+            Known::Record(rec) => rec.as_ref() != Some(&merged),
+            Known::Digest(d) => d != current,
+        };
+        if !behind {
             continue;
         }
         node.metrics().read_repairs.inc();

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::coordinator::{self, CoordError, Level, Write};
 use crate::storage::Content;
+use crate::transport::Route;
 
 /// A cluster of `n` in-memory nodes `a`, `b`, ... that all know each other.
 struct Mem {
@@ -194,6 +195,42 @@ async fn read_repair_brings_a_replica_that_missed_a_write_up_to_date() {
     assert_eq!(read.visible.len(), 1);
     until("the stale replica repaired", || c.held(&stale, &key) == 1).await;
     assert!(c.node(&walk[1]).metrics().read_repairs.get() >= 1);
+}
+
+/// Digest reads: of the three replicas of a key only the coordinator's own
+/// copy is read whole; the other two send digests, so a read at `r=all`
+/// moves a few dozen bytes between nodes instead of two copies of the value.
+#[tokio::test]
+async fn a_read_moves_digests_not_copies_from_replicas_that_agree() {
+    let c = Mem::new(3, &[]);
+    let (key, _) = c.key_led_by("a");
+    let big = "x".repeat(20_000);
+    coordinator::write(c.node("a"), write(&key, &big, Level::All)).await.unwrap();
+    c.net.reset_traffic();
+    let read = coordinator::read(c.node("a"), key.as_bytes(), Level::All).await.unwrap();
+    assert_eq!(read.visible[0].payload.value, big.as_bytes());
+    let moved = c.net.traffic(Route::Batch).bytes();
+    assert!(moved < 1_000, "two digest reads moved {moved} bytes");
+    assert_eq!(c.node("a").metrics().read_digest_mismatches.get(), 0);
+}
+
+/// A coordinator outside the preference list reads one replica whole; when
+/// that one missed a write, the others' digests differ, they are read whole,
+/// the client gets the write, and the stale replica is repaired.
+#[tokio::test]
+async fn a_stale_whole_copy_is_caught_by_the_other_replicas_digests() {
+    let c = Mem::new(4, &[]);
+    let (key, walk) = c.key_led_by("a");
+    let (stale, outsider) = (walk[0].as_str(), walk[3].as_str());
+    c.net.set_link(&walk[1], stale, Link::Down);
+    coordinator::write(c.node(&walk[1]), write(&key, "v", Level::Quorum)).await.unwrap();
+    assert_eq!(c.held(stale, &key), 0);
+    c.net.heal();
+    let read = coordinator::read(c.node(outsider), key.as_bytes(), Level::Quorum).await.unwrap();
+    assert_eq!(read.visible.len(), 1);
+    assert_eq!(read.visible[0].payload.value, b"v");
+    assert!(c.node(outsider).metrics().read_digest_mismatches.get() >= 1);
+    until("the stale replica repaired", || c.held(stale, &key) == 1).await;
 }
 
 #[tokio::test]

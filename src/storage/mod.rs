@@ -392,6 +392,12 @@ impl Storage {
         }
     }
 
+    /// The digest of the record of `key` in `partition` as stored
+    /// ([`record::digest`]), without decoding it.
+    pub fn digest(&self, partition: u32, key: &[u8]) -> Result<Option<u128>, StorageError> {
+        Ok(self.tree(partition)?.get(ikey(key))?.map(|bytes| record::digest(&bytes)))
+    }
+
     /// Atomically replaces the record of `key` with `f(current)`; `None` from
     /// `f` removes the key. `f` may run more than once under contention and
     /// may refuse with `Err(E)`, which changes nothing. Returns `f`'s result

@@ -95,6 +95,14 @@ pub enum BatchOp {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// A digest of this node's record of a key instead of the record (a
+    /// read's other replicas, after Cassandra's digest reads); answered with
+    /// the whole record by a node still receiving the partition.
+    Digest {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 /// [`BatchOp`] by reference: identical bytes without cloning.
@@ -122,6 +130,10 @@ enum BatchOpRef<'a> {
         #[serde(with = "serde_bytes")]
         key: &'a [u8],
     },
+    Digest {
+        #[serde(with = "serde_bytes")]
+        key: &'a [u8],
+    },
 }
 
 /// The answer to one operation.
@@ -133,6 +145,9 @@ pub enum BatchReply {
     Written,
     /// The operation failed on the peer.
     Failed(String),
+    /// The digest of the record (`storage::record::digest` of its stored
+    /// bytes; `None`: the key is unknown here).
+    Digest(Option<u128>),
 }
 
 /// One Merkle tree node as the asking side holds it.
@@ -260,6 +275,11 @@ pub fn inspect_op(key: &[u8]) -> Bytes {
     Bytes::from(postcard::to_allocvec(&BatchOpRef::Inspect { key }).expect("plain data serializes"))
 }
 
+/// Encodes a digest read for a batch.
+pub fn digest_op(key: &[u8]) -> Bytes {
+    Bytes::from(postcard::to_allocvec(&BatchOpRef::Digest { key }).expect("plain data serializes"))
+}
+
 /// Encodes a purge for a batch.
 pub fn purge_op(key: &[u8], dots: &[Dot]) -> Bytes {
     Bytes::from(postcard::to_allocvec(&BatchOpRef::Purge { key, dots }).expect("plain data serializes"))
@@ -349,6 +369,9 @@ mod tests {
         let replies = encode(&vec![BatchReply::Read(None), BatchReply::Written, BatchReply::Failed("no".into())]);
         assert_eq!(hex(&replies), "020300000102026e6f");
         assert_eq!(hex(&hint_request("o", b"k", &Record::new())), "02016f016b000000");
+        // Digest reads: the op and its two answers.
+        assert_eq!(hex(&batch_body(&[digest_op(b"k")])), "020105016b");
+        assert_eq!(hex(&encode(&vec![BatchReply::Digest(Some(0x0102)), BatchReply::Digest(None)])), "0202030182020300");
     }
 
     /// Golden vector: an anti-entropy exchange (a root, then a leaf).
