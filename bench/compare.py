@@ -2,12 +2,13 @@
 """Before/after: two dynakv binaries measured in one run, alternating, so a
 change can be shown to cost nothing (or what it costs).
 
-    bench/compare.py BEFORE_BINARY [AFTER_BINARY] [--label TEXT]
+    bench/compare.py BEFORE_BINARY [AFTER_BINARY] [--label TEXT] [--title T --out FILE]
 
 AFTER defaults to target/release/dynakv. For each binary, in turns (A B A B
 ...): one node, then three nodes at r=w=quorum, each running workload
 `write` (PUT) and `c` (GET). Medians of RUNS (default 3) runs of DUR each.
-Writes bench/results/before-after.md and reassembles bench/RESULTS.md.
+Writes bench/results/before-after.md (or --out) and reassembles
+bench/RESULTS.md.
 """
 
 import argparse
@@ -45,6 +46,8 @@ def main():
     ap.add_argument("before")
     ap.add_argument("after", nargs="?", default=common.DYNAKV)
     ap.add_argument("--label", default="")
+    ap.add_argument("--title", default="Before and after the restructuring")
+    ap.add_argument("--out", default="before-after.md")
     args = ap.parse_args()
     results = {}
     for run in range(RUNS):
@@ -55,11 +58,11 @@ def main():
                     ops, p99 = one(binary, nodes, workload, root)
                     results.setdefault((nodes, workload, name), []).append((ops, p99))
                     print(f"run {run} {nodes} node(s) {workload} {name}: {ops:.0f} ops/s p99 {p99:.2f} ms", flush=True)
-    lines = ["## Before and after the restructuring (`bench/compare.py`)\n",
+    lines = [f"## {args.title} (`bench/compare.py`)\n",
              f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. "
              f"{args.label} Both binaries measured in one run, alternating A B A B, medians of {RUNS} runs "
              f"(min–max), {DUR} each, {CONC} in flight, {KEYS} keys of 1 KiB; 3 nodes at r=w=quorum. "
-             "Command: `bench/compare.py <before-binary>`.\n",
+             f"Command: `bench/compare.py <before-binary>{'' if args.out == 'before-after.md' else ' --out ' + args.out}`.\n",
              "| nodes | op | before ops/s | after ops/s | after / before | before p99 ms | after p99 ms |",
              "|---|---|---|---|---|---|---|"]
     for nodes in (1, 3):
@@ -70,7 +73,7 @@ def main():
             lines.append(f"| {nodes} | {op} | {common.cell([x[0] for x in b])} | {common.cell([x[0] for x in a])} | "
                          f"{ratio:.2f} | {common.cell([x[1] for x in b], '{:.2f}')} | "
                          f"{common.cell([x[1] for x in a], '{:.2f}')} |")
-    common.write_section("before-after.md", "\n".join(lines))
+    common.write_section(args.out, "\n".join(lines))
     print("\n".join(lines))
 
 
