@@ -5,7 +5,7 @@
 //! hints, and batches of replica operations, whose body is
 //! `FORMAT | postcard(Vec<BatchOp>)` answered by
 //! `FORMAT | postcard(Vec<BatchReply>)`, one reply per operation, in order.
-//! Operations are encoded once by the caller ([`read_op`], [`write_op`],
+//! Operations are encoded once by the caller ([`read_op`], [`digest_op`], [`write_op`],
 //! [`purge_op`]) and a batch body is the count as a varint followed by the
 //! encoded operations, which is exactly postcard's encoding of the `Vec`.
 //! Golden vectors in the tests pin these bytes: a format change is a
