@@ -160,37 +160,24 @@ pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
     for op in &ops {
         let reply = match op {
             // A partition this node is still receiving is answered with a
-            // holder's copy merged in, and one it neither owns nor holds
-            // (a coordinator with an older ring asks) is not answered:
-            // never as if its keys did not exist.
-            BatchOp::Read { key } if key_ok(node, key) => {
+            // holder's copy merged in (a digest read too: its own copy may
+            // lack the key), and one it neither owns nor holds (a
+            // coordinator with an older ring asks) is not answered: never
+            // as if its keys did not exist. Otherwise a digest read gets
+            // the digest of the stored bytes.
+            BatchOp::Read { key } | BatchOp::Digest { key } if key_ok(node, key) => {
                 let p = partition_of(key);
                 let mine = view.ring().preference_list(p).contains(&node.id()) || node.standing(p) != Standing::None;
                 if !mine || !node.knows_cluster() {
                     BatchReply::Failed(format!("not a replica of partition {p} here"))
-                } else {
-                    match crate::replica::local_read(node, &view, p, key).await {
-                        Ok(r) => BatchReply::Read(r),
-                        Err(e) => BatchReply::Failed(e.to_string()),
-                    }
-                }
-            }
-            // A digest of this node's copy; a node still receiving the
-            // partition answers with the copy completed from a holder, as
-            // for a read (its own copy may lack the key).
-            BatchOp::Digest { key } if key_ok(node, key) => {
-                let p = partition_of(key);
-                let mine = view.ring().preference_list(p).contains(&node.id()) || node.standing(p) != Standing::None;
-                if !mine || !node.knows_cluster() {
-                    BatchReply::Failed(format!("not a replica of partition {p} here"))
-                } else if node.receiving(&view, p) {
-                    match crate::replica::local_read(node, &view, p, key).await {
-                        Ok(r) => BatchReply::Read(r),
-                        Err(e) => BatchReply::Failed(e.to_string()),
-                    }
-                } else {
+                } else if matches!(op, BatchOp::Digest { .. }) && !node.receiving(&view, p) {
                     match storage.digest(p, key) {
                         Ok(d) => BatchReply::Digest(d),
+                        Err(e) => BatchReply::Failed(e.to_string()),
+                    }
+                } else {
+                    match crate::replica::local_read(node, &view, p, key).await {
+                        Ok(r) => BatchReply::Read(r),
                         Err(e) => BatchReply::Failed(e.to_string()),
                     }
                 }

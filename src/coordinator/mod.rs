@@ -371,6 +371,9 @@ async fn gather(
     // Whether a whole record has come in, whether one had the key, and
     // whether the replica asked for one failed before any came.
     let (mut whole, mut any, mut whole_lost) = (false, false, false);
+    // The digest of the merge, kept with it (encoding it per digest reply
+    // would repeat the work).
+    let mut current = None;
     // Digests waiting for a whole record to compare with.
     let mut early: Vec<(String, Option<u128>)> = Vec::new();
     let follow_up = |id: String| {
@@ -391,8 +394,8 @@ async fn gather(
                 whole = true;
                 known.push((id, Known::Record(rec)));
                 tally.ok();
+                current = digest_of(&merged, any);
                 // Digests that came first are compared now.
-                let current = digest_of(&merged, any);
                 for (id, d) in std::mem::take(&mut early) {
                     if d == current {
                         known.push((id, Known::Digest(d)));
@@ -403,7 +406,7 @@ async fn gather(
                 }
             }
             Ok(Some((id, Some(ReplicaCopy::Digest(d))))) => {
-                if whole && d == digest_of(&merged, any) {
+                if whole && d == current {
                     known.push((id, Known::Digest(d)));
                     tally.ok();
                 } else if whole || whole_lost {
@@ -444,7 +447,6 @@ async fn gather(
     if merged.is_empty() {
         return;
     }
-    let current = digest_of(&merged, any);
     for (id, copy) in known {
         let behind = match copy {
             Known::Record(rec) => rec.as_ref() != Some(&merged),
