@@ -135,7 +135,7 @@ struct Shared {
     args: RunArgs,
     /// (host:port, authority) of every target, in `--urls` order.
     targets: Vec<(String, String)>,
-    value: bytes::Bytes,
+    value: Vec<u8>,
     zipf: Option<Zipf<f64>>,
     done: AtomicU64,
 }
@@ -188,7 +188,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         KeyChoice::Zipfian => Some(Zipf::new(args.keys as f64, 0.99).map_err(|e| e.to_string())?),
         KeyChoice::Uniform => None,
     };
-    let value = bytes::Bytes::from(vec![b'x'; args.value_size]);
+    let value = vec![b'x'; args.value_size];
     let shared = Arc::new(Shared { args: args.clone(), targets, value, zipf, done: AtomicU64::new(0) });
     if args.preload || args.preload_only {
         preload(&shared).await?;
@@ -244,12 +244,13 @@ async fn preload(shared: &Arc<Shared>) -> Result<(), String> {
         tasks.push(tokio::spawn(async move {
             let mut failures = 0u64;
             let mut conn = Conn::new(w % shared.targets.len());
+            let mut values = Values::new(&shared.value, w);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= keys {
                     return failures;
                 }
-                if !request(&shared, &mut conn, Op::Update, i).await {
+                if !request(&shared, &mut conn, Op::Update, i, values.next()).await {
                     failures += 1;
                 }
                 bar.inc(1);
@@ -279,6 +280,7 @@ async fn worker(shared: Arc<Shared>, w: usize, start: Instant) -> Stats {
     // Each worker keeps one connection to one node; workers spread over the
     // nodes round-robin.
     let mut conn = Conn::new(w % shared.targets.len());
+    let mut values = Values::new(&shared.value, w);
     loop {
         let now = Instant::now();
         let t0 = match interval {
@@ -307,7 +309,8 @@ async fn worker(shared: Arc<Shared>, w: usize, start: Instant) -> Stats {
             Op::Delete
         };
         let key = pick_key(&shared, &mut rng);
-        let ok = request(&shared, &mut conn, op, key).await;
+        let body = if op == Op::Update { values.next() } else { bytes::Bytes::new() };
+        let ok = request(&shared, &mut conn, op, key, body).await;
         let latency_us = t0.elapsed().as_micros() as u64;
         shared.done.fetch_add(1, Ordering::Relaxed);
         if t0 >= measure_from {
@@ -332,8 +335,32 @@ fn pick_key(shared: &Shared, rng: &mut impl Rng) -> u64 {
     }
 }
 
+/// The values one worker writes: the template with a stamp (worker and
+/// sequence number, in hex) over its first bytes, so that no two writes
+/// carry the same bytes. A store may skip a write of the bytes a key
+/// already holds (sled does), which would measure a lookup, not a write.
+struct Values {
+    template: Vec<u8>,
+    worker: usize,
+    seq: u64,
+}
+
+impl Values {
+    fn new(template: &[u8], worker: usize) -> Self {
+        Values { template: template.to_vec(), worker, seq: 0 }
+    }
+
+    fn next(&mut self) -> bytes::Bytes {
+        self.seq += 1;
+        let stamp = format!("{:04x}{:012x}", self.worker & 0xffff, self.seq);
+        let n = stamp.len().min(self.template.len());
+        self.template[..n].copy_from_slice(&stamp.as_bytes()[..n]);
+        bytes::Bytes::copy_from_slice(&self.template)
+    }
+}
+
 /// One request on `conn`; true when it succeeded (reads: 200, 300 or 404).
-async fn request(shared: &Shared, conn: &mut Conn, op: Op, key: u64) -> bool {
+async fn request(shared: &Shared, conn: &mut Conn, op: Op, key: u64, body: bytes::Bytes) -> bool {
     use http_body_util::BodyExt;
     let args = &shared.args;
     let mut path = format!("/kv/{}{key}", args.key_prefix);
@@ -347,10 +374,10 @@ async fn request(shared: &Shared, conn: &mut Conn, op: Op, key: u64) -> bool {
         path.push('=');
         path.push_str(value);
     }
-    let (method, body) = match op {
-        Op::Read => (hyper::Method::GET, bytes::Bytes::new()),
-        Op::Update => (hyper::Method::PUT, shared.value.clone()),
-        Op::Delete => (hyper::Method::DELETE, bytes::Bytes::new()),
+    let method = match op {
+        Op::Read => hyper::Method::GET,
+        Op::Update => hyper::Method::PUT,
+        Op::Delete => hyper::Method::DELETE,
     };
     let req = hyper::Request::builder()
         .method(method)
