@@ -2,31 +2,24 @@
 //!
 //! Handlers live in [`kv`] (client data) and [`cluster`] (operators); request
 //! parsing in [`extract`]; the mapping of every failure to a status and a
-//! stable `code` in [`error`]. A middleware records every request in
-//! `dynakv_http_requests_total` and `dynakv_http_request_duration_seconds`
-//! labelled by the matched route template, logs it at debug, and gives
-//! axum's bodyless 405s the same JSON error shape as everything else.
+//! stable `code` in [`error`]; the layers every request passes (metrics,
+//! load shedding, deadlines) in [`edge`].
 
 pub mod cluster;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod internal;
 pub mod kv;
 
 use std::sync::Arc;
-use std::time::Instant;
-
 use std::time::Duration;
 
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode, Uri};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::http::Uri;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::ServiceBuilder;
 
 use crate::node::Node;
 use crate::transport::Route;
@@ -64,22 +57,16 @@ pub fn router(node: Arc<Node>) -> Router {
     // `overloaded` at once (load shedding) instead of queueing, and one that
     // runs past its deadline gets 503 too. Gossip, health, metrics and the
     // membership views are exempt: they are cheap and must keep answering.
-    let client_budget = GlobalConcurrencyLimitLayer::new(cfg.max_requests as usize);
-    let internal_budget = GlobalConcurrencyLimitLayer::new(cfg.max_internal_requests as usize);
     let deadline = node.timeout() * 4 + Duration::from_secs(2);
+    let client_budget = edge::Budget::new(cfg.max_requests as usize, deadline);
+    let internal_budget = edge::Budget::new(cfg.max_internal_requests as usize, deadline);
     let internal = Router::new()
         .route(Route::Batch.path(), post(internal::batch))
         .route(Route::Hint.path(), post(internal::hint))
         .route(Route::AntiEntropy.path(), post(internal::anti_entropy))
         .route(Route::Transfer.path(), post(internal::transfer))
         .layer(DefaultBodyLimit::max(internal_limit))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(shed_error))
-                .load_shed()
-                .layer(internal_budget)
-                .timeout(deadline),
-        )
+        .layer(internal_budget)
         .route(Route::Gossip.path(), post(internal::gossip).layer(DefaultBodyLimit::max(internal::MAX_GOSSIP_BYTES)))
         .layer(middleware::from_fn_with_state(node.clone(), internal::require_secret));
     // Routes that change the cluster: with --cluster-secret they need
@@ -92,34 +79,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/cluster/replicas/{key}", get(cluster::replicas))
         .merge(admin)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(shed_error))
-                .load_shed()
-                .layer(client_budget)
-                .timeout(deadline),
-        );
+        .layer(client_budget);
     let exempt = Router::new()
         .route("/health", get(cluster::health))
         .route("/health/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))
         .route("/cluster/members", get(cluster::members))
         .route("/cluster/ring", get(cluster::ring));
-    client
-        .merge(exempt)
-        .merge(internal)
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(node.clone(), observe))
-        .with_state(node)
-}
-
-/// What load shedding and deadlines answer: 503 JSON errors.
-async fn shed_error(err: tower::BoxError) -> ApiError {
-    if err.is::<tower::timeout::error::Elapsed>() {
-        ApiError::DeadlineExceeded
-    } else {
-        ApiError::Overloaded
-    }
+    client.merge(exempt).merge(internal).fallback(not_found).layer(edge::Observe::new(node.clone())).with_state(node)
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -128,38 +95,4 @@ async fn not_found(uri: Uri) -> ApiError {
         return ApiError::InvalidKey("key must not be empty".into());
     }
     ApiError::RouteNotFound(path.to_string())
-}
-
-/// Records metrics and turns bodyless 405s into JSON errors.
-async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
-    // Client-chosen method names must not grow the label set.
-    let method_label: &'static str = match method.as_str() {
-        "GET" => "GET",
-        "PUT" => "PUT",
-        "POST" => "POST",
-        "DELETE" => "DELETE",
-        "HEAD" => "HEAD",
-        "OPTIONS" => "OPTIONS",
-        "PATCH" => "PATCH",
-        _ => "OTHER",
-    };
-    let mut resp = next.run(req).await;
-    if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !resp.headers().contains_key(header::CONTENT_TYPE) {
-        let allow = resp.headers().get(header::ALLOW).cloned();
-        resp = ApiError::MethodNotAllowed(method.to_string()).into_response();
-        if let Some(allow) = allow {
-            resp.headers_mut().insert(header::ALLOW, allow);
-        }
-    }
-    let route = route.as_ref().map(MatchedPath::as_str).unwrap_or("unmatched");
-    let took = start.elapsed();
-    let status = resp.status().as_u16();
-    node.metrics().observe_http(route, method_label, status, took.as_secs_f64());
-    // One line per request at debug, fields by name (a span per request,
-    // as tower-http's TraceLayer makes, cost a tenth of a GET's time).
-    tracing::debug!(method = method_label, route, status, took_us = took.as_micros() as u64, "request");
-    resp
 }
