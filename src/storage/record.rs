@@ -60,10 +60,12 @@ pub enum RecordError {
 
 /// Encodes a record for storage or the wire.
 pub fn encode(record: &Record) -> Vec<u8> {
-    let mut out = vec![FORMAT];
+    // One buffer, sized for the values and a little metadata each.
+    let room = record.values().iter().map(|v| v.payload.value.len() + 64).sum::<usize>() + 64;
+    let mut out = Vec::with_capacity(room);
+    out.push(FORMAT);
     // Serializing plain data into a Vec cannot fail.
-    out.extend(postcard::to_allocvec(record).expect("record serializes"));
-    out
+    postcard::to_extend(record, out).expect("record serializes")
 }
 
 /// A digest of a record's bytes as [`encode`] writes them: equal records
