@@ -70,7 +70,7 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
         let (ttl, context) = if writes { (ttl(&q)?, context(&parts.headers)?) } else { (None, None) };
         let content_type = if parts.method == Method::PUT { content_type(&parts.headers)? } else { String::new() };
         let uri = parts.extensions.get::<OriginalUri>().map(|o| &o.0).unwrap_or(&parts.uri);
-        let forward_headers = [header::CONTENT_TYPE, header::ACCEPT, HeaderName::from_static(X_CONTEXT)]
+        let forward_headers = [header::CONTENT_TYPE, header::ACCEPT, X_CONTEXT]
             .into_iter()
             .filter_map(|h| parts.headers.get(&h).cloned().map(|v| (h, v)))
             .collect();
@@ -140,7 +140,7 @@ pub fn ttl(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
 
 /// The `X-Context` header; absent or blank means a blind write.
 pub fn context(headers: &HeaderMap) -> Result<Option<Context>, ApiError> {
-    let Some(raw) = headers.get(X_CONTEXT) else {
+    let Some(raw) = headers.get(&X_CONTEXT) else {
         return Ok(None);
     };
     let s = raw.to_str().map_err(|_| ApiError::InvalidContext(token::ContextError::Malformed))?;

@@ -131,6 +131,10 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
     // itself, and relays to the members it remembers or to its seeds.
     let knows = node.knows_cluster();
     let receiving = node.receiving(&view, partition);
+    // The common case: a replica holding the partition coordinates.
+    if !receiving && view.ring().replicates(partition, node.id()) {
+        return Ok(None);
+    }
     let Some(mut targets) = coordinator::forward_targets(&view, req.key.as_bytes(), receiving) else {
         return Ok(None);
     };

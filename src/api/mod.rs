@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::Uri;
+use axum::http::{HeaderName, Uri};
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
@@ -25,8 +25,8 @@ use crate::node::Node;
 use crate::transport::Route;
 use error::ApiError;
 
-/// The causal context header.
-pub const X_CONTEXT: &str = "x-context";
+/// The causal context header (a `HeaderName`, so setting it parses nothing).
+pub const X_CONTEXT: HeaderName = HeaderName::from_static("x-context");
 
 /// Every public route template with its methods, as served (and as
 /// `openapi.yaml` must describe them).
