@@ -140,6 +140,13 @@ pub struct Config {
     #[arg(long, env = "DYNAKV_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_ms: u64,
 
+    /// Threads that run request handling and background work (the async
+    /// runtime's workers). Default: one per CPU this process may use. When
+    /// several nodes share a machine, give each about its share of the CPUs:
+    /// more workers than cores only add context switches.
+    #[arg(long, env = "DYNAKV_WORKER_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub worker_threads: Option<u32>,
+
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, env = "DYNAKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -11,11 +11,22 @@ use dynakv::server;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cfg = Config::load();
     init_logging(cfg.log_format);
-    if let Err(e) = server::start(cfg, server::shutdown_signal()).await {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = cfg.worker_threads {
+        runtime.worker_threads(n as usize);
+    }
+    let runtime = match runtime.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dynakv: error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(async { server::start(cfg, server::shutdown_signal()).await }) {
         eprintln!("dynakv: error: {e}");
         std::process::exit(1);
     }

@@ -134,6 +134,31 @@ async fn w_all_reaches_every_replica_and_r_1_reads_it_everywhere() {
 }
 
 #[tokio::test]
+async fn nodes_with_one_worker_thread_each_serve_concurrent_quorum_traffic() {
+    // One worker per node: a blocking wait anywhere on the request or
+    // replication path would stall the node instead of slowing it.
+    let c = Cluster::start(3, &["--worker-threads", "1"]).await;
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let s = c.node(i % 3);
+        let (http, put_url, get_url) =
+            (s.http.clone(), s.at(&format!("/kv/w{i}?w=all")), s.at(&format!("/kv/w{i}?r=all")));
+        tasks.push(tokio::spawn(async move {
+            let put = http.put(put_url).body(format!("v{i}")).send().await.unwrap().status().as_u16();
+            let got = http.get(get_url).send().await.unwrap().text().await.unwrap();
+            (put, got)
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), (204, format!("v{i}")));
+    }
+    for s in &c.nodes {
+        let r = s.http.get(s.at("/kv/w7?r=1")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "v7");
+    }
+}
+
+#[tokio::test]
 async fn two_of_three_replicas_paused_fail_quorum_but_not_w1_or_async() {
     let c = Cluster::start(3, &[]).await;
     c.node(1).pause();

@@ -27,6 +27,7 @@ fn bad_flags_and_values() {
     expect_failure(&["--advertise", "nope"], "--advertise");
     expect_failure(&["--seeds", "http://ok:1,::bad"], "--seeds");
     expect_failure(&["--node-id", "has space"], "--node-id");
+    expect_failure(&["--worker-threads", "0"], "--worker-threads");
 }
 
 #[test]
