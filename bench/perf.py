@@ -5,7 +5,9 @@ both load generators (dynakv-bench and wrk):
 - one node against the bare sled server (PUT, GET) and, with
   --sync-writes, against the sled server that flushes before every ack;
 - three nodes at r=w=quorum against one node, and p99 at half the
-  three-node saturation rate (open loop, dynakv-bench);
+  three-node saturation rate (open loop, dynakv-bench), once with the
+  default worker threads and once with --worker-threads 1 (three nodes
+  share the machine's cores);
 - resident memory after loading BIG keys of 1 KiB, dynakv against sled;
 - the server's CPU time per request (user + system, from /proc) in the
   dynakv-bench runs, which shows where a gap comes from even when the load
@@ -74,6 +76,19 @@ def gen_cpu(url, workload, pid):
     return ops, cpu * 1e6 / max(1.0, ops * (float(DUR.rstrip("s")) + 1.0))
 
 
+def three_rows(tag, label, m, sats, halves):
+    return [
+        f"| 3 nodes ({label}) quorum PUT / GET ops/s | {m[tag + ' put gen']:.0f} / {m[tag + ' get gen']:.0f} | "
+        f"{m[tag + ' put wrk']:.0f} / {m[tag + ' get wrk']:.0f} (one node's port) |",
+        f"| 3 nodes ({label}) / 1 node, PUT (target ≥ 0.45) | {m[tag + ' put gen'] / m['one put gen']:.2f} | "
+        f"{m[tag + ' put wrk'] / m['one put wrk']:.2f} |",
+        f"| 3 nodes ({label}) / 1 node, GET (target ≥ 0.55) | {m[tag + ' get gen'] / m['one get gen']:.2f} | "
+        f"{m[tag + ' get wrk'] / m['one get wrk']:.2f} |",
+        f"| 3 nodes ({label}), p99 at half saturation ({sats[tag] / 2:.0f} ops/s, workload A, open loop; "
+        f"target ≤ 2 ms) | {statistics.median(halves[tag]):.2f} ms | |",
+    ]
+
+
 def main():
     ensure_wrk()
     root = tempfile.mkdtemp(prefix="dynakv-perf-")
@@ -114,22 +129,25 @@ def main():
             print(f"run {run}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in sorted(res.items())), flush=True)
         procs.stop()
 
-        three, pids3 = common.start_dynakv(procs, 3, os.path.join(root, "three"))
-        common.preload(three, KEYS, level="quorum")
-        for run in range(RUNS):
-            ops, p99 = gen(three, "write", "quorum")
-            add("three put gen", ops)
-            add("three get gen", gen(three, "c", "quorum")[0])
-            add("three put wrk", wrk(three[0], "put", "?w=quorum"))
-            add("three get wrk", wrk(three[0], "get", "?r=quorum"))
-            sat, _ = gen(three, "a", "quorum")
-            add("three a sat", sat)
-        sat = statistics.median(res["three a sat"])
-        half = []
-        for run in range(RUNS):
-            rep = common.bench(three, "a", KEYS, 32, DUR, "1s", level="quorum", rate=round(sat / 2))
-            half.append(rep["total"]["p99_ms"])
-        procs.stop()
+        # Three nodes as they start by default (two workers each on this
+        # machine's two cores), then with one worker each: six workers and
+        # the load generator on two cores mostly switch threads.
+        sats, halves = {}, {}
+        for tag, extra in (("three", ()), ("three1", ("--worker-threads", "1"))):
+            three, _ = common.start_dynakv(procs, 3, os.path.join(root, tag), extra=extra)
+            common.preload(three, KEYS, level="quorum")
+            for run in range(RUNS):
+                add(f"{tag} put gen", gen(three, "write", "quorum")[0])
+                add(f"{tag} get gen", gen(three, "c", "quorum")[0])
+                add(f"{tag} put wrk", wrk(three[0], "put", "?w=quorum"))
+                add(f"{tag} get wrk", wrk(three[0], "get", "?r=quorum"))
+                add(f"{tag} a sat", gen(three, "a", "quorum")[0])
+            sats[tag] = statistics.median(res[f"{tag} a sat"])
+            halves[tag] = []
+            for run in range(RUNS):
+                rep = common.bench(three, "a", KEYS, 32, DUR, "1s", level="quorum", rate=round(sats[tag] / 2))
+                halves[tag].append(rep["total"]["p99_ms"])
+            procs.stop()
 
         mem = {}
         for name, args in (("sled", [common.BENCH, "baseline", "--backend", "sled"]), ("dynakv", [common.DYNAKV])):
@@ -174,14 +192,8 @@ def main():
              f"| 1 node `--sync-writes` PUT ops/s | {m['sync put gen']:.0f} | {m['sync put wrk']:.0f} |",
              f"| `--sync-writes` / flushing sled (target ≥ 0.8) | {m['sync put gen'] / m['sled-sync put gen']:.2f} | "
              f"{m['sync put wrk'] / m['sled-sync put wrk']:.2f} |",
-             f"| 3 nodes quorum PUT / GET ops/s | {m['three put gen']:.0f} / {m['three get gen']:.0f} | "
-             f"{m['three put wrk']:.0f} / {m['three get wrk']:.0f} (one node's port) |",
-             f"| 3 nodes / 1 node, PUT (target ≥ 0.45) | {m['three put gen'] / m['one put gen']:.2f} | "
-             f"{m['three put wrk'] / m['one put wrk']:.2f} |",
-             f"| 3 nodes / 1 node, GET (target ≥ 0.55) | {m['three get gen'] / m['one get gen']:.2f} | "
-             f"{m['three get wrk'] / m['one get wrk']:.2f} |",
-             f"| 3 nodes, p99 at half saturation ({sat / 2:.0f} ops/s, workload A, open loop; target ≤ 2 ms) | "
-             f"{statistics.median(half):.2f} ms | |",
+             *three_rows("three", "default workers", m, sats, halves),
+             *three_rows("three1", "`--worker-threads 1`", m, sats, halves),
              f"| RSS after {BIG:,} keys of 1 KiB, dynakv / sled (target ≤ 1.5) | {mem['dynakv']:.0f} / "
              f"{mem['sled']:.0f} MiB = {mem['dynakv'] / mem['sled']:.2f} | |"]
     common.write_section("perf.md", "\n".join(lines))
