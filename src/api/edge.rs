@@ -28,8 +28,8 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Sen
 
 /// A budget of requests in progress shared by a group of routes: past it a
 /// request is refused with 503 `overloaded` at once instead of queueing; one
-/// that runs past `deadline` is answered 503 `deadline_exceeded` (and its
-/// work dropped).
+/// that runs past `deadline` is answered 503 `overloaded` too (and its work
+/// dropped).
 #[derive(Clone)]
 pub struct Budget {
     permits: Arc<Semaphore>,
