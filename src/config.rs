@@ -142,8 +142,8 @@ pub struct Config {
 
     /// Threads that run request handling and background work (the async
     /// runtime's workers). Default: one per CPU this process may use. When
-    /// several nodes share a machine, give each about its share of the CPUs:
-    /// more workers than cores only add context switches.
+    /// several nodes share a machine, or a container has a CPU limit, give
+    /// each about its share of the CPUs.
     #[arg(long, env = "DYNAKV_WORKER_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub worker_threads: Option<u32>,
 
