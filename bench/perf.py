@@ -130,8 +130,8 @@ def main():
         procs.stop()
 
         # Three nodes as they start by default (two workers each on this
-        # machine's two cores), then with one worker each: six workers and
-        # the load generator on two cores mostly switch threads.
+        # machine's two cores), then with one worker each: whether fewer
+        # workers help when three nodes and the load generator share them.
         sats, halves = {}, {}
         for tag, extra in (("three", ()), ("three1", ("--worker-threads", "1"))):
             three, _ = common.start_dynakv(procs, 3, os.path.join(root, tag), extra=extra)
