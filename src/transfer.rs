@@ -449,10 +449,7 @@ async fn hand_off(node: &Node, view: &ClusterView, partition: u32, rate: &RateLi
     }
     // Owned again meanwhile (the ring flipped back while the pages went
     // out): keep it; the next reconcile takes it back as held.
-    let me = node.id();
-    if node.view().ring().preference_list(partition).contains(&me)
-        || !node.ownership(|o| o.outbound().contains(&partition))
-    {
+    if node.view().ring().replicates(partition, node.id()) || !node.ownership(|o| o.outbound().contains(&partition)) {
         return true;
     }
     let s = storage.clone();
