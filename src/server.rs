@@ -54,7 +54,13 @@ pub enum StartError {
 /// serves until `shutdown` resolves.
 pub async fn start(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     let listen = cfg.listen;
-    let transport = HttpTransport::new(Duration::from_millis(cfg.request_timeout_ms), cfg.cluster_secret.clone());
+    // Links reconnect after idling half of this node's idle-connection
+    // timeout, which the cluster's nodes share.
+    let transport = HttpTransport::new(
+        Duration::from_millis(cfg.request_timeout_ms),
+        cfg.cluster_secret.clone(),
+        Duration::from_millis(cfg.header_timeout_ms / 2),
+    );
     let node = Node::open(cfg, Arc::new(transport))?;
     let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
     run(node, listener, shutdown).await

@@ -2,13 +2,19 @@
 //! up and travel together in one [`Route::Batch`] call.
 //!
 //! Each peer gets a sender task. It takes whatever is queued (at most
-//! [`MAX_BATCH`] operations or [`MAX_BATCH_BYTES`]) and sends it; while
-//! [`IN_FLIGHT`] batches to that peer are in the air, new operations wait and
-//! form the next batch (group commit for the network: the batch grows with
-//! load and with the peer's latency, flush time included). An idle cluster
-//! therefore sends every operation at once, alone, and a busy one sends
-//! fewer, larger requests: on loopback, per-request overhead (syscalls, HTTP
-//! framing, task switches) was most of a replica write's cost.
+//! [`MAX_BATCH`] operations or [`MAX_BATCH_BYTES`]) and sends it; while that
+//! batch is in the air, new operations wait and form the next one (group
+//! commit for the network: the batch grows with load and with the peer's
+//! latency, flush time included). An idle cluster therefore sends every
+//! operation at once, alone, and a busy one sends fewer, larger requests:
+//! on loopback, per-request overhead (syscalls, HTTP framing, task
+//! switches) was most of a replica write's cost. One batch in the air per
+//! peer measured 5-10 % faster than two (bench/NOTES.md).
+//!
+//! The sender sends on the transport's [`PeerLink`] to the peer when it has
+//! one (over HTTP: a connection the sender task drives itself, so a reply
+//! reaches the callers without passing through another task), else through
+//! [`Transport::call`].
 //!
 //! Sender tasks run under the batcher's own tracker and token, cancelled
 //! last at shutdown (after the leave hand-off, which needs them). A failed
@@ -19,21 +25,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::wire::{self, BatchReply};
-use super::{Route, Target, Transport, TransportError};
+use super::{PeerLink, Route, Target, Transport, TransportError};
 
 /// Most operations in one batch.
 pub const MAX_BATCH: usize = 256;
 /// A batch stops growing past this many bytes (one larger operation still
 /// travels, alone).
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
-/// Batches in the air to one peer at once. One measured 5-10 % faster than
-/// two on the benchmark machine (bench/NOTES.md); the batch grows instead.
-pub const IN_FLIGHT: usize = 1;
 /// Operations that may wait for one peer before callers wait to enqueue.
 const QUEUE: usize = 4096;
 
@@ -76,6 +79,7 @@ impl Batcher {
                 _ => {
                     let (tx, rx) = mpsc::channel(QUEUE);
                     let sender = Sender {
+                        link: self.transport.link(to),
                         transport: self.transport.clone(),
                         timeout: self.timeout,
                         id: slot.0.clone(),
@@ -103,6 +107,7 @@ impl Batcher {
 
 /// The sender task of one peer.
 struct Sender {
+    link: Option<Box<dyn PeerLink>>,
     transport: Arc<dyn Transport>,
     timeout: Duration,
     id: String,
@@ -110,10 +115,7 @@ struct Sender {
 }
 
 impl Sender {
-    async fn run(self, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
-        let me = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-        let inflight = TaskTracker::new();
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
         let mut carry: Option<Job> = None;
         loop {
             let first = match carry.take() {
@@ -126,11 +128,8 @@ impl Sender {
                     },
                 },
             };
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => break,
-                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            };
-            // Everything that queued while we waited for a free slot goes along.
+            // Everything that queued while the last batch was in the air
+            // goes along.
             let mut bytes = first.op.len();
             let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH {
@@ -146,22 +145,23 @@ impl Sender {
                     Err(_) => break,
                 }
             }
-            let me = me.clone();
-            inflight.spawn(async move {
-                let _permit = permit;
-                me.send(jobs).await;
-            });
+            // A batch in the air finishes (bounded by the timeout) even when
+            // cancelled; queued ones are dropped with the receiver, which
+            // answers their callers `Closed`.
+            self.send(jobs).await;
         }
-        // Batches already in the air finish (each bounded by the timeout);
-        // queued ones are dropped, which answers their callers `Closed`.
-        inflight.close();
-        inflight.wait().await;
     }
 
-    async fn send(&self, jobs: Vec<Job>) {
+    async fn send(&mut self, jobs: Vec<Job>) {
         let ops: Vec<Bytes> = jobs.iter().map(|j| j.op.clone()).collect();
-        let to = Target { id: &self.id, address: &self.address };
-        let result = self.transport.call(to, Route::Batch, wire::batch_body(&ops), self.timeout).await;
+        let body = wire::batch_body(&ops);
+        let result = match &mut self.link {
+            Some(link) => link.call(Route::Batch, body, self.timeout).await,
+            None => {
+                let to = Target { id: &self.id, address: &self.address };
+                self.transport.call(to, Route::Batch, body, self.timeout).await
+            }
+        };
         let replies = result.and_then(|b| wire::decode::<Vec<BatchReply>>(&b).ok_or(TransportError::Malformed));
         match replies {
             Ok(replies) if replies.len() == jobs.len() => {

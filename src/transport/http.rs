@@ -1,13 +1,21 @@
 //! The real [`Transport`]: node-to-node calls over `/internal/*` on one
 //! pooled reqwest client (keep-alive; never a client per request), each
-//! bounded by its timeout. With `--cluster-secret` every call carries it in
-//! [`SECRET_HEADER`].
+//! bounded by its timeout, and [`HttpLink`]s, one HTTP/1.1 connection per
+//! peer on hyper directly, for the batcher's steady stream of calls. With
+//! `--cluster-secret` every call carries it in [`SECRET_HEADER`].
 
+use std::pin::{pin, Pin};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-use super::{BoxFuture, ForwardRequest, ForwardResponse, Route, Target, Transport, TransportError};
+use super::{BoxFuture, ForwardRequest, ForwardResponse, PeerLink, Route, Target, Transport, TransportError};
 
 /// Header carrying the cluster secret.
 pub const SECRET_HEADER: &str = "x-dynakv-secret";
@@ -22,11 +30,17 @@ const PASSED_BACK: [&str; 3] = ["content-type", "allow", "x-context"];
 pub struct HttpTransport {
     http: reqwest::Client,
     secret: Option<String>,
+    connect_timeout: Duration,
+    link_idle: Duration,
 }
 
 impl HttpTransport {
-    /// A client that gives up connecting after `connect_timeout`.
-    pub fn new(connect_timeout: Duration, secret: Option<String>) -> Self {
+    /// A client that gives up connecting after `connect_timeout`. Its links
+    /// open a new connection rather than use one idle for `link_idle` or
+    /// longer: set it below the peers' idle-connection timeout
+    /// (`--header-timeout-ms`), so a link never sends on a connection the
+    /// peer is closing.
+    pub fn new(connect_timeout: Duration, secret: Option<String>, link_idle: Duration) -> Self {
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_idle_timeout(Duration::from_secs(30))
@@ -35,7 +49,7 @@ impl HttpTransport {
             .connect_timeout(connect_timeout)
             .build()
             .expect("reqwest client builds");
-        Self { http, secret }
+        Self { http, secret, connect_timeout, link_idle }
     }
 }
 
@@ -52,6 +66,11 @@ fn classify(e: reqwest::Error, timeout: Duration) -> TransportError {
 }
 
 impl Transport for HttpTransport {
+    fn link(&self, to: Target<'_>) -> Option<Box<dyn PeerLink>> {
+        HttpLink::new(to.address, self.secret.as_deref(), self.connect_timeout, self.link_idle)
+            .map(|l| Box::new(l) as Box<dyn PeerLink>)
+    }
+
     fn call<'a>(
         &'a self,
         to: Target<'a>,
@@ -109,5 +128,338 @@ impl Transport for HttpTransport {
             let body = resp.bytes().await.map_err(|e| classify(e, timeout))?;
             Ok(ForwardResponse { status, headers, body })
         })
+    }
+}
+
+type LinkConnection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// A [`PeerLink`] over one HTTP/1.1 connection on hyper directly: no pool,
+/// no URL to parse per call, and no connection task. The caller's task
+/// drives the connection while a call is under way (a request goes out and
+/// its answer comes back without a hop through another task); between
+/// calls nothing polls it, which HTTP/1.1 allows, as a server speaks only
+/// when asked.
+///
+/// A connection is opened on first use and again after any failure, a
+/// timeout, or an idle spell of `idle`; one the peer closed meanwhile is
+/// noticed before sending, and a request the connection refused unsent is
+/// sent once more on a new one.
+pub struct HttpLink {
+    authority: String,
+    secret: Option<hyper::header::HeaderValue>,
+    connect_timeout: Duration,
+    idle: Duration,
+    open: Option<Open>,
+}
+
+struct Open {
+    sender: http1::SendRequest<Full<Bytes>>,
+    conn: Pin<Box<LinkConnection>>,
+    used: Instant,
+    /// The connection future finished: never poll it again.
+    ended: bool,
+}
+
+/// How one exchange on an open connection ended, short of an answer.
+enum Failed {
+    /// The connection gave the request back unsent: another may send it.
+    Unsent(Box<hyper::Request<Full<Bytes>>>),
+    /// Anything else.
+    Error(TransportError),
+}
+
+impl HttpLink {
+    /// A link to the node at `address` (a base URL such as
+    /// `http://127.0.0.1:7000`); `None` for one that is not plain HTTP with
+    /// a host (the transport's `call` still handles those).
+    pub fn new(address: &str, secret: Option<&str>, connect_timeout: Duration, idle: Duration) -> Option<Self> {
+        let uri: hyper::Uri = address.parse().ok()?;
+        if uri.scheme_str() != Some("http") {
+            return None;
+        }
+        let authority = uri.authority()?.as_str().to_string();
+        let authority = if uri.port().is_some() { authority } else { format!("{authority}:80") };
+        let secret = match secret {
+            Some(s) => Some(hyper::header::HeaderValue::from_str(s).ok()?),
+            None => None,
+        };
+        Some(Self { authority, secret, connect_timeout, idle, open: None })
+    }
+
+    fn request(&self, route: Route, body: Bytes) -> hyper::Request<Full<Bytes>> {
+        let content_type = if route == Route::Gossip { "application/json" } else { "application/octet-stream" };
+        let mut req = hyper::Request::builder()
+            .method(hyper::Method::POST)
+            .uri(route.path())
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::CONTENT_TYPE, content_type);
+        if let Some(s) = &self.secret {
+            req = req.header(SECRET_HEADER, s.clone());
+        }
+        req.body(Full::new(body)).expect("a POST to a fixed path is a valid request")
+    }
+
+    /// The open connection, after opening a new one when there is none, it
+    /// was idle too long, or the peer closed it.
+    async fn connection(&mut self, deadline: Instant) -> Result<&mut Open, TransportError> {
+        let usable = match &mut self.open {
+            Some(open) if !open.ended && open.used.elapsed() < self.idle => {
+                // Polled once: a connection the peer closed ends here (it
+                // reads the end of the stream) instead of taking a request.
+                open.conn.as_mut().now_or_never().is_none() && !open.sender.is_closed()
+            }
+            _ => false,
+        };
+        if !usable {
+            self.open = None;
+            let limit = deadline.min(Instant::now() + self.connect_timeout);
+            let connect = async {
+                let stream = TcpStream::connect(&self.authority).await.map_err(|e| e.to_string())?;
+                let _ = stream.set_nodelay(true);
+                http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())
+            };
+            let (sender, conn) = match tokio::time::timeout_at(limit, connect).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => return Err(TransportError::Connect(format!("{}: {e}", self.authority))),
+                Err(_) => return Err(TransportError::Connect(format!("{}: no connection in time", self.authority))),
+            };
+            self.open = Some(Open { sender, conn: Box::pin(conn), used: Instant::now(), ended: false });
+        }
+        Ok(self.open.as_mut().expect("opened above"))
+    }
+
+    async fn exchange(&mut self, route: Route, body: Bytes, timeout: Duration) -> Result<Bytes, TransportError> {
+        let deadline = Instant::now() + timeout;
+        let mut req = self.request(route, body);
+        // The second try only for a request a stale connection gave back.
+        for _ in 0..2 {
+            let open = self.connection(deadline).await?;
+            let result = tokio::time::timeout_at(deadline, drive(open, req)).await;
+            let outcome = match result {
+                Ok(Ok(answer)) => {
+                    open.used = Instant::now();
+                    if open.ended {
+                        self.open = None;
+                    }
+                    return Ok(answer);
+                }
+                Ok(Err(Failed::Unsent(back))) => {
+                    req = *back;
+                    self.open = None;
+                    continue;
+                }
+                Ok(Err(Failed::Error(e))) => e,
+                Err(_) => TransportError::Timeout(timeout),
+            };
+            // After any failure the connection's state is unknown.
+            self.open = None;
+            return Err(outcome);
+        }
+        Err(TransportError::Io(format!("{}: connection closed before the request was sent", self.authority)))
+    }
+}
+
+impl PeerLink for HttpLink {
+    fn call(&mut self, route: Route, body: Bytes, timeout: Duration) -> BoxFuture<'_, Result<Bytes, TransportError>> {
+        Box::pin(self.exchange(route, body, timeout))
+    }
+}
+
+/// One request and its whole answer on `open`, polling the connection in
+/// this task while they travel.
+async fn drive(open: &mut Open, req: hyper::Request<Full<Bytes>>) -> Result<Bytes, Failed> {
+    let Open { sender, conn, ended, .. } = open;
+    let exchange = async {
+        // Ready once the connection took in the last answer (polled below).
+        if sender.ready().await.is_err() {
+            return Err(Failed::Unsent(Box::new(req)));
+        }
+        let resp = sender.try_send_request(req).await.map_err(|mut e| match e.take_message() {
+            Some(back) => Failed::Unsent(Box::new(back)),
+            None => Failed::Error(TransportError::Io(e.into_error().to_string())),
+        })?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map_err(|e| Failed::Error(TransportError::Io(e.to_string())))?;
+        if !status.is_success() {
+            return Err(Failed::Error(TransportError::Status(status.as_u16())));
+        }
+        Ok(body.to_bytes())
+    };
+    let mut exchange = pin!(exchange);
+    tokio::select! {
+        biased;
+        r = &mut exchange => r,
+        // The connection ended (the peer closed it, or it failed): the
+        // exchange now ends too, with its answer if it got one.
+        _ = conn.as_mut() => {
+            *ended = true;
+            exchange.await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// What the test peer does with a request.
+    #[derive(Clone, Copy)]
+    enum Peer {
+        /// Answers `path|secret|body`, keeping the connection open.
+        Echo,
+        /// Answers like `Echo`, then closes the connection.
+        EchoThenClose,
+        /// Answers like `Echo`, and closes a connection idle for 50 ms
+        /// without a word (a node's `--header-timeout-ms`).
+        EchoIdleTimeout,
+        /// Answers 503.
+        Busy,
+        /// Reads the request and never answers.
+        Silent,
+    }
+
+    /// A peer on 127.0.0.1 that counts the connections it accepted.
+    async fn peer(kind: Peer) -> (String, Arc<AtomicUsize>) {
+        let (address, accepted, _) = peer_counting_closes(kind).await;
+        (address, accepted)
+    }
+
+    /// A peer that also counts the connections it has closed.
+    async fn peer_counting_closes(kind: Peer) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (count, gone) = (accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let service = service_fn(move |req: hyper::Request<Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let secret =
+                        req.headers().get(SECRET_HEADER).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    if matches!(kind, Peer::Silent) {
+                        std::future::pending::<()>().await;
+                    }
+                    let status = if matches!(kind, Peer::Busy) { 503 } else { 200 };
+                    let text = format!("{path}|{secret}|{}", String::from_utf8_lossy(&body));
+                    let resp = hyper::Response::builder().status(status).body(Full::new(Bytes::from(text))).unwrap();
+                    Ok::<_, Infallible>(resp)
+                });
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder.keep_alive(!matches!(kind, Peer::EchoThenClose));
+                if matches!(kind, Peer::EchoIdleTimeout) {
+                    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_millis(50));
+                }
+                let gone = gone.clone();
+                tokio::spawn(async move {
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    gone.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (address, accepted, closed)
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+    const LONG: Duration = Duration::from_secs(10);
+
+    fn link(address: &str, idle: Duration) -> HttpLink {
+        HttpLink::new(address, Some("s3cret"), LONG, idle).expect("an http address")
+    }
+
+    #[tokio::test]
+    async fn calls_travel_on_one_connection_with_route_secret_and_body() {
+        let (address, accepted) = peer(Peer::Echo).await;
+        let mut l = link(&address, LONG);
+        for i in 0..3 {
+            let answer = l.call(Route::Batch, Bytes::from(format!("op{i}")), LONG).await.unwrap();
+            assert_eq!(answer, Bytes::from(format!("/internal/batch|s3cret|op{i}")));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_peer_closed_is_replaced_without_failing_a_call() {
+        let (address, accepted) = peer(Peer::EchoThenClose).await;
+        let mut l = link(&address, LONG);
+        for i in 0..5 {
+            let answer = l.call(Route::Batch, Bytes::from(format!("op{i}")), LONG).await;
+            assert_eq!(answer.unwrap(), Bytes::from(format!("/internal/batch|s3cret|op{i}")));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_peer_closed_while_idle_is_replaced_without_failing_a_call() {
+        let (address, accepted, closed) = peer_counting_closes(Peer::EchoIdleTimeout).await;
+        let mut l = link(&address, LONG);
+        l.call(Route::Batch, Bytes::from_static(b"a"), LONG).await.unwrap();
+        let deadline = Instant::now() + LONG;
+        while closed.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the peer never closed the idle connection");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let answer = l.call(Route::Batch, Bytes::from_static(b"b"), LONG).await;
+        assert_eq!(answer.unwrap(), Bytes::from_static(b"/internal/batch|s3cret|b"));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_too_long_is_not_reused() {
+        let (address, accepted) = peer(Peer::Echo).await;
+        let mut l = link(&address, Duration::ZERO);
+        l.call(Route::Batch, Bytes::from_static(b"a"), LONG).await.unwrap();
+        l.call(Route::Batch, Bytes::from_static(b"b"), LONG).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn failures_keep_their_kind() {
+        let (busy, _) = peer(Peer::Busy).await;
+        assert_eq!(link(&busy, LONG).call(Route::Batch, Bytes::new(), LONG).await, Err(TransportError::Status(503)));
+
+        let (silent, _) = peer(Peer::Silent).await;
+        assert_eq!(
+            link(&silent, LONG).call(Route::Batch, Bytes::new(), SECOND).await,
+            Err(TransportError::Timeout(SECOND))
+        );
+
+        // A port nobody listens on (bound, then released).
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let err = link(&closed, LONG).call(Route::Batch, Bytes::new(), LONG).await.unwrap_err();
+        assert!(matches!(err, TransportError::Connect(_)), "{err:?}");
+        assert!(err.not_delivered());
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_the_next_call_opens_a_new_connection() {
+        let (address, accepted) = peer(Peer::Silent).await;
+        let mut l = link(&address, LONG);
+        assert!(l.call(Route::Batch, Bytes::new(), Duration::from_millis(100)).await.is_err());
+        assert!(l.call(Route::Batch, Bytes::new(), Duration::from_millis(100)).await.is_err());
+        // The timed-out connection still had a request in the air: not reused.
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn only_plain_http_addresses_get_a_link() {
+        assert!(HttpLink::new("http://127.0.0.1:7000", None, LONG, LONG).is_some());
+        assert_eq!(HttpLink::new("http://localhost", None, LONG, LONG).unwrap().authority, "localhost:80");
+        assert!(HttpLink::new("https://127.0.0.1:7000", None, LONG, LONG).is_none());
+        assert!(HttpLink::new("not a url", None, LONG, LONG).is_none());
     }
 }

@@ -121,9 +121,25 @@ pub struct ForwardResponse {
     pub body: Bytes,
 }
 
+/// One peer's own connection, carrying one call at a time: what a per-peer
+/// sender with a steady stream of calls (the batcher) talks through. Calls
+/// are bounded and typed as [`Transport::call`]'s.
+pub trait PeerLink: Send + 'static {
+    /// Sends `body` to `route` of the link's peer and returns the answer's
+    /// body.
+    fn call(&mut self, route: Route, body: Bytes, timeout: Duration) -> BoxFuture<'_, Result<Bytes, TransportError>>;
+}
+
 /// Delivers internal messages. Implementations bound every call by
 /// `timeout` and type their failures ([`TransportError`]).
 pub trait Transport: Send + Sync + 'static {
+    /// A [`PeerLink`] to `to`, when this transport carries a stream of calls
+    /// to one peer more cheaply on a connection of its own; `None` (the
+    /// default) sends them through [`Transport::call`].
+    fn link(&self, _to: Target<'_>) -> Option<Box<dyn PeerLink>> {
+        None
+    }
+
     /// Sends `body` to `route` of `to` and returns the answer's body.
     fn call<'a>(
         &'a self,
