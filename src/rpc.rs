@@ -167,7 +167,7 @@ pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
             // the digest of the stored bytes.
             BatchOp::Read { key } | BatchOp::Digest { key } if key_ok(node, key) => {
                 let p = partition_of(key);
-                let mine = view.ring().preference_list(p).contains(&node.id()) || node.standing(p) != Standing::None;
+                let mine = view.ring().replicates(p, node.id()) || node.standing(p) != Standing::None;
                 if !mine || !node.knows_cluster() {
                     BatchReply::Failed(format!("not a replica of partition {p} here"))
                 } else if matches!(op, BatchOp::Digest { .. }) && !node.receiving(&view, p) {

@@ -49,7 +49,8 @@ struct Job {
 pub struct Batcher {
     transport: Arc<dyn Transport>,
     timeout: Duration,
-    queues: Mutex<HashMap<(String, String), mpsc::Sender<Job>>>,
+    /// Per peer id: the address its queue sends to, and the queue.
+    queues: Mutex<HashMap<String, (String, mpsc::Sender<Job>)>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -73,20 +74,21 @@ impl Batcher {
         }
         let tx = {
             let mut queues = self.queues.lock().expect("queues lock");
-            let slot = (to.id.to_string(), to.address.to_string());
-            match queues.get(&slot) {
-                Some(tx) if !tx.is_closed() => tx.clone(),
+            match queues.get(to.id) {
+                Some((address, tx)) if address == to.address && !tx.is_closed() => tx.clone(),
+                // New, or at a new address: a new queue. The old one's sender
+                // sends what it holds and ends.
                 _ => {
                     let (tx, rx) = mpsc::channel(QUEUE);
                     let sender = Sender {
                         link: self.transport.link(to),
                         transport: self.transport.clone(),
                         timeout: self.timeout,
-                        id: slot.0.clone(),
-                        address: slot.1.clone(),
+                        id: to.id.to_string(),
+                        address: to.address.to_string(),
                     };
                     self.tasks.spawn(sender.run(rx, self.cancel.clone()));
-                    queues.insert(slot, tx.clone());
+                    queues.insert(to.id.to_string(), (to.address.to_string(), tx.clone()));
                     tx
                 }
             }
@@ -180,5 +182,127 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::transport::wire::BatchOp;
+    use crate::transport::BoxFuture;
+
+    /// Records each batch (address, its keys) and answers every operation
+    /// `Written`; each call first takes a permit from `gate`.
+    struct Recorder {
+        gate: Arc<Semaphore>,
+        seen: StdMutex<Vec<(String, Vec<Vec<u8>>)>>,
+    }
+
+    impl Transport for Recorder {
+        fn call<'a>(
+            &'a self,
+            to: Target<'a>,
+            _route: Route,
+            body: Bytes,
+            _timeout: Duration,
+        ) -> BoxFuture<'a, Result<Bytes, TransportError>> {
+            Box::pin(async move {
+                let ops: Vec<BatchOp> = wire::decode(&body).expect("a batch");
+                let keys = ops
+                    .iter()
+                    .map(|op| match op {
+                        BatchOp::Digest { key } => key.clone(),
+                        other => panic!("unexpected {other:?}"),
+                    })
+                    .collect::<Vec<_>>();
+                self.seen.lock().unwrap().push((to.address.to_string(), keys));
+                self.gate.acquire().await.expect("gate open").forget();
+                let replies: Vec<BatchReply> = ops.iter().map(|_| BatchReply::Written).collect();
+                Ok(Bytes::from(wire::encode(&replies)))
+            })
+        }
+
+        fn forward<'a>(
+            &'a self,
+            _to: Target<'a>,
+            _req: super::super::ForwardRequest,
+            _timeout: Duration,
+        ) -> BoxFuture<'a, Result<super::super::ForwardResponse, TransportError>> {
+            Box::pin(async { Err(TransportError::Closed) })
+        }
+    }
+
+    fn recorder() -> (Arc<Recorder>, Arc<Semaphore>) {
+        let gate = Arc::new(Semaphore::new(0));
+        (Arc::new(Recorder { gate: gate.clone(), seen: StdMutex::default() }), gate)
+    }
+
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn operations_queued_while_a_batch_is_in_the_air_travel_together_next() {
+        let (rec, gate) = recorder();
+        let batcher = Arc::new(Batcher::new(rec.clone(), Duration::from_secs(10)));
+        let call = |key: &'static [u8]| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.call(Target { id: "n2", address: "http://a" }, wire::digest_op(key)).await })
+        };
+        let first = call(b"k0");
+        until("the first batch is sent", || rec.seen.lock().unwrap().len() == 1).await;
+        let rest: Vec<_> = [b"k1", b"k2", b"k3"].into_iter().map(|k| call(k)).collect();
+        // Let them queue behind the batch in the air, then release both.
+        until("three operations queue", || {
+            let queues = batcher.queues.lock().unwrap();
+            let tx = &queues["n2"].1;
+            tx.max_capacity() - tx.capacity() == 3
+        })
+        .await;
+        gate.add_permits(2);
+        assert_eq!(first.await.unwrap(), Ok(BatchReply::Written));
+        for r in rest {
+            assert_eq!(r.await.unwrap(), Ok(BatchReply::Written));
+        }
+        let seen = rec.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0].1, vec![b"k0".to_vec()]);
+        let mut second = seen[1].1.clone();
+        second.sort();
+        assert_eq!(second, vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_peer_at_a_new_address_gets_a_new_queue_and_the_old_one_finishes() {
+        let (rec, gate) = recorder();
+        let batcher = Arc::new(Batcher::new(rec.clone(), Duration::from_secs(10)));
+        let b = batcher.clone();
+        let old =
+            tokio::spawn(
+                async move { b.call(Target { id: "n2", address: "http://old" }, wire::digest_op(b"a")).await },
+            );
+        until("the old address's batch is sent", || rec.seen.lock().unwrap().len() == 1).await;
+        let b = batcher.clone();
+        let new =
+            tokio::spawn(
+                async move { b.call(Target { id: "n2", address: "http://new" }, wire::digest_op(b"b")).await },
+            );
+        until("the new address's batch is sent", || rec.seen.lock().unwrap().len() == 2).await;
+        gate.add_permits(2);
+        assert_eq!(old.await.unwrap(), Ok(BatchReply::Written));
+        assert_eq!(new.await.unwrap(), Ok(BatchReply::Written));
+        let addresses: Vec<String> = rec.seen.lock().unwrap().iter().map(|(a, _)| a.clone()).collect();
+        assert_eq!(addresses, ["http://old", "http://new"]);
+        assert_eq!(batcher.queues.lock().unwrap().len(), 1, "one queue per peer id");
+        // The old queue's sender ends once its last batch was answered.
+        until("the old sender ends", || batcher.tasks.len() == 1).await;
     }
 }
