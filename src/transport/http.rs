@@ -255,7 +255,8 @@ impl HttpLink {
             self.open = None;
             return Err(outcome);
         }
-        Err(TransportError::Io(format!("{}: connection closed before the request was sent", self.authority)))
+        // Two connections closed before taking it: it surely never arrived.
+        Err(TransportError::Connect(format!("{}: connection closed before the request was sent", self.authority)))
     }
 }
 
