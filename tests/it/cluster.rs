@@ -159,6 +159,30 @@ async fn nodes_with_one_worker_thread_each_serve_concurrent_quorum_traffic() {
 }
 
 #[tokio::test]
+async fn replica_traffic_survives_a_peer_closing_idle_connections() {
+    // n3 closes a connection idle for 200 ms; n1 and n2 (10 s, the default)
+    // would reuse theirs to n3 for up to 5 s. Writes at w=all through n1 and
+    // n2 after idle spells longer than n3's timeout must all be acked by n3:
+    // a link notices that its peer closed the connection before it sends a
+    // batch on it.
+    let mut c = Cluster::start(2, &[]).await;
+    c.join(crate::support::FAST, &["--header-timeout-ms", "200"]).await;
+    c.wait_all_alive().await;
+    c.wait_all_ready().await;
+    for round in 0..4 {
+        for i in 0..2 {
+            let r = put(c.node(i), &format!("idle-{round}-{i}"), "v", "?w=all", None).await;
+            assert_eq!(r.status(), 204, "round {round} through n{}: {}", i + 1, r.text().await.unwrap());
+        }
+        // The idle spell is the scenario itself: longer than n3's timeout,
+        // shorter than its peers' reuse limit.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let r = c.node(0).http.get(c.node(0).at("/kv/idle-3-1?r=all")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
 async fn two_of_three_replicas_paused_fail_quorum_but_not_w1_or_async() {
     let c = Cluster::start(3, &[]).await;
     c.node(1).pause();
