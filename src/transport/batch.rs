@@ -123,6 +123,9 @@ impl Sender {
             let first = match carry.take() {
                 Some(j) => j,
                 None => tokio::select! {
+                    // Once cancelled, no new batch leaves (queued operations
+                    // answer `Closed` when the receiver is dropped).
+                    biased;
                     _ = cancel.cancelled() => break,
                     j = rx.recv() => match j {
                         Some(j) => j,

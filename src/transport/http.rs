@@ -140,10 +140,11 @@ type LinkConnection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
 /// calls nothing polls it, which HTTP/1.1 allows, as a server speaks only
 /// when asked.
 ///
-/// A connection is opened on first use and again after any failure, a
-/// timeout, or an idle spell of `idle`; one the peer closed meanwhile is
-/// noticed before sending, and a request the connection refused unsent is
-/// sent once more on a new one.
+/// A connection is opened on first use and again after any failure (an
+/// error status aside: its answer was read whole), a timeout, a call
+/// dropped midway, or an idle spell of `idle`; one the peer closed
+/// meanwhile is noticed before sending, and a request the connection gave
+/// back unsent is sent once more on a new one.
 pub struct HttpLink {
     authority: String,
     secret: Option<hyper::header::HeaderValue>,
@@ -154,10 +155,10 @@ pub struct HttpLink {
 
 struct Open {
     sender: http1::SendRequest<Full<Bytes>>,
-    conn: Pin<Box<LinkConnection>>,
+    /// `None` once the connection ended: dropped at once, which hands a
+    /// request it never sent back to its sender and fails the rest.
+    conn: Option<Pin<Box<LinkConnection>>>,
     used: Instant,
-    /// The connection future finished: never poll it again.
-    ended: bool,
 }
 
 /// How one exchange on an open connection ended, short of an answer.
@@ -199,33 +200,31 @@ impl HttpLink {
         req.body(Full::new(body)).expect("a POST to a fixed path is a valid request")
     }
 
-    /// The open connection, after opening a new one when there is none, it
-    /// was idle too long, or the peer closed it.
-    async fn connection(&mut self, deadline: Instant) -> Result<&mut Open, TransportError> {
-        let usable = match &mut self.open {
-            Some(open) if !open.ended && open.used.elapsed() < self.idle => {
+    /// The open connection, taken out of the link (a call dropped midway
+    /// drops it with its request in the air), after opening a new one when
+    /// there is none, it was idle too long, or the peer closed it.
+    async fn connection(&mut self, deadline: Instant) -> Result<Open, TransportError> {
+        if let Some(mut open) = self.open.take() {
+            let usable = open.used.elapsed() < self.idle
+                && !open.sender.is_closed()
                 // Polled once: a connection the peer closed ends here (it
                 // reads the end of the stream) instead of taking a request.
-                open.conn.as_mut().now_or_never().is_none() && !open.sender.is_closed()
+                && open.conn.as_mut().is_some_and(|c| c.as_mut().now_or_never().is_none());
+            if usable {
+                return Ok(open);
             }
-            _ => false,
-        };
-        if !usable {
-            self.open = None;
-            let limit = deadline.min(Instant::now() + self.connect_timeout);
-            let connect = async {
-                let stream = TcpStream::connect(&self.authority).await.map_err(|e| e.to_string())?;
-                let _ = stream.set_nodelay(true);
-                http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())
-            };
-            let (sender, conn) = match tokio::time::timeout_at(limit, connect).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => return Err(TransportError::Connect(format!("{}: {e}", self.authority))),
-                Err(_) => return Err(TransportError::Connect(format!("{}: no connection in time", self.authority))),
-            };
-            self.open = Some(Open { sender, conn: Box::pin(conn), used: Instant::now(), ended: false });
         }
-        Ok(self.open.as_mut().expect("opened above"))
+        let limit = deadline.min(Instant::now() + self.connect_timeout);
+        let connect = async {
+            let stream = TcpStream::connect(&self.authority).await.map_err(|e| e.to_string())?;
+            let _ = stream.set_nodelay(true);
+            http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout_at(limit, connect).await {
+            Ok(Ok((sender, conn))) => Ok(Open { sender, conn: Some(Box::pin(conn)), used: Instant::now() }),
+            Ok(Err(e)) => Err(TransportError::Connect(format!("{}: {e}", self.authority))),
+            Err(_) => Err(TransportError::Connect(format!("{}: no connection in time", self.authority))),
+        }
     }
 
     async fn exchange(&mut self, route: Route, body: Bytes, timeout: Duration) -> Result<Bytes, TransportError> {
@@ -233,27 +232,32 @@ impl HttpLink {
         let mut req = self.request(route, body);
         // The second try only for a request a stale connection gave back.
         for _ in 0..2 {
-            let open = self.connection(deadline).await?;
-            let result = tokio::time::timeout_at(deadline, drive(open, req)).await;
-            let outcome = match result {
+            let mut open = self.connection(deadline).await?;
+            let result = tokio::time::timeout_at(deadline, drive(&mut open, req)).await;
+            // Kept for the next call only after a whole answer (an error
+            // status included) on a connection still open; after anything
+            // else its state is unknown and it is dropped here.
+            let keep = |open: Open, link: &mut Self| {
+                if open.conn.is_some() {
+                    link.open = Some(Open { used: Instant::now(), ..open });
+                }
+            };
+            return match result {
                 Ok(Ok(answer)) => {
-                    open.used = Instant::now();
-                    if open.ended {
-                        self.open = None;
-                    }
-                    return Ok(answer);
+                    keep(open, self);
+                    Ok(answer)
                 }
                 Ok(Err(Failed::Unsent(back))) => {
                     req = *back;
-                    self.open = None;
                     continue;
                 }
-                Ok(Err(Failed::Error(e))) => e,
-                Err(_) => TransportError::Timeout(timeout),
+                Ok(Err(Failed::Error(e @ TransportError::Status(_)))) => {
+                    keep(open, self);
+                    Err(e)
+                }
+                Ok(Err(Failed::Error(e))) => Err(e),
+                Err(_) => Err(TransportError::Timeout(timeout)),
             };
-            // After any failure the connection's state is unknown.
-            self.open = None;
-            return Err(outcome);
         }
         // Two connections closed before taking it: it surely never arrived.
         Err(TransportError::Connect(format!("{}: connection closed before the request was sent", self.authority)))
@@ -269,7 +273,10 @@ impl PeerLink for HttpLink {
 /// One request and its whole answer on `open`, polling the connection in
 /// this task while they travel.
 async fn drive(open: &mut Open, req: hyper::Request<Full<Bytes>>) -> Result<Bytes, Failed> {
-    let Open { sender, conn, ended, .. } = open;
+    let Open { sender, conn, .. } = open;
+    let Some(connection) = conn.as_mut() else {
+        return Err(Failed::Unsent(Box::new(req)));
+    };
     let exchange = async {
         // Ready once the connection took in the last answer (polled below).
         if sender.ready().await.is_err() {
@@ -290,10 +297,12 @@ async fn drive(open: &mut Open, req: hyper::Request<Full<Bytes>>) -> Result<Byte
     tokio::select! {
         biased;
         r = &mut exchange => r,
-        // The connection ended (the peer closed it, or it failed): the
-        // exchange now ends too, with its answer if it got one.
-        _ = conn.as_mut() => {
-            *ended = true;
+        // The connection ended (the peer closed it, or it failed). A clean
+        // end leaves a request it never took queued; dropping the
+        // connection hands that back (`Unsent`), fails one in the air and
+        // ends an unfinished answer, so the exchange ends at once.
+        _ = connection.as_mut() => {
+            *conn = None;
             exchange.await
         }
     }
@@ -301,7 +310,6 @@ async fn drive(open: &mut Open, req: hyper::Request<Full<Bytes>>) -> Result<Byte
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -325,6 +333,8 @@ mod tests {
         Busy,
         /// Reads the request and never answers.
         Silent,
+        /// Reads the request and closes the connection without answering.
+        ReadThenClose,
     }
 
     /// A peer on 127.0.0.1 that counts the connections it accepted.
@@ -352,10 +362,13 @@ mod tests {
                     if matches!(kind, Peer::Silent) {
                         std::future::pending::<()>().await;
                     }
+                    if matches!(kind, Peer::ReadThenClose) {
+                        return Err("hang up".to_string());
+                    }
                     let status = if matches!(kind, Peer::Busy) { 503 } else { 200 };
                     let text = format!("{path}|{secret}|{}", String::from_utf8_lossy(&body));
                     let resp = hyper::Response::builder().status(status).body(Full::new(Bytes::from(text))).unwrap();
-                    Ok::<_, Infallible>(resp)
+                    Ok::<_, String>(resp)
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder.keep_alive(!matches!(kind, Peer::EchoThenClose));
@@ -417,6 +430,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_error_status_keeps_the_connection() {
+        let (busy, accepted) = peer(Peer::Busy).await;
+        let mut l = link(&busy, LONG);
+        for _ in 0..2 {
+            assert_eq!(l.call(Route::Batch, Bytes::new(), LONG).await, Err(TransportError::Status(503)));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
     async fn a_connection_idle_too_long_is_not_reused() {
         let (address, accepted) = peer(Peer::Echo).await;
         let mut l = link(&address, Duration::ZERO);
@@ -444,6 +467,12 @@ mod tests {
         let err = link(&closed, LONG).call(Route::Batch, Bytes::new(), LONG).await.unwrap_err();
         assert!(matches!(err, TransportError::Connect(_)), "{err:?}");
         assert!(err.not_delivered());
+
+        // The peer read the request and hung up: it may have acted on it.
+        let (hangup, _) = peer(Peer::ReadThenClose).await;
+        let err = link(&hangup, LONG).call(Route::Batch, Bytes::from_static(b"op"), LONG).await.unwrap_err();
+        assert!(matches!(err, TransportError::Io(_)), "{err:?}");
+        assert!(!err.not_delivered());
     }
 
     #[tokio::test]
