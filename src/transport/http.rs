@@ -79,12 +79,11 @@ impl Transport for HttpTransport {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Bytes, TransportError>> {
         Box::pin(async move {
-            let content_type = if route == Route::Gossip { "application/json" } else { "application/octet-stream" };
             let mut req = self
                 .http
                 .post(format!("{}{}", to.address, route.path()))
                 .timeout(timeout)
-                .header("content-type", content_type)
+                .header("content-type", route.content_type())
                 .body(body);
             if let Some(s) = &self.secret {
                 req = req.header(SECRET_HEADER, s);
@@ -188,12 +187,11 @@ impl HttpLink {
     }
 
     fn request(&self, route: Route, body: Bytes) -> hyper::Request<Full<Bytes>> {
-        let content_type = if route == Route::Gossip { "application/json" } else { "application/octet-stream" };
         let mut req = hyper::Request::builder()
             .method(hyper::Method::POST)
             .uri(route.path())
             .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, content_type);
+            .header(hyper::header::CONTENT_TYPE, route.content_type());
         if let Some(s) = &self.secret {
             req = req.header(SECRET_HEADER, s.clone());
         }

@@ -58,6 +58,16 @@ impl Route {
             Route::Transfer => "/internal/transfer",
         }
     }
+
+    /// The content type of the route's bodies: gossip is JSON, the rest
+    /// binary ([`wire`]).
+    pub fn content_type(self) -> &'static str {
+        if self == Route::Gossip {
+            "application/json"
+        } else {
+            "application/octet-stream"
+        }
+    }
 }
 
 /// Why a message got no answer. `Clone`, so one failed batch can tell every
