@@ -31,7 +31,7 @@ pub async fn put(
     let value = extract::body(&node, body)?;
     let now = now_ms();
     let content = Content {
-        value: value.to_vec(),
+        value: value.clone(),
         content_type: req.content_type.clone(),
         timestamp_ms: now,
         expires_at_ms: req.ttl.map(|s| now.saturating_add(s.saturating_mul(1000))),
@@ -43,7 +43,7 @@ pub async fn put(
 /// `DELETE /kv/{key}`: write a tombstone.
 pub async fn delete(State(node): State<Arc<Node>>, req: KvRequest) -> Result<Response, ApiError> {
     let content = Content {
-        value: Vec::new(),
+        value: Bytes::new(),
         content_type: String::new(),
         timestamp_ms: now_ms(),
         expires_at_ms: None,

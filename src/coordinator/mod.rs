@@ -502,7 +502,7 @@ mod tests {
 
     fn content(v: &str, ts: u64, expires: Option<u64>) -> Content {
         Content {
-            value: v.into(),
+            value: v.to_owned().into(),
             content_type: "text/plain".into(),
             timestamp_ms: ts,
             expires_at_ms: expires,
@@ -516,7 +516,7 @@ mod tests {
         // A stale context that never saw the expiring value.
         let (r, _) = new_version(&r, Some(&Context::new()), "b", 0, content("new", 30, None));
         assert_eq!(r.len(), 1);
-        assert_eq!(r.values()[0].payload.value, b"new");
+        assert_eq!(r.values()[0].payload.value, b"new"[..]);
     }
 
     #[test]
@@ -558,7 +558,7 @@ mod tests {
         assert!(fresh.values()[0].dot.counter > floor, "no dot of the earlier life is reused");
         let merged = fresh.sync(&stale);
         assert_eq!(merged.len(), 1, "{merged:?}");
-        assert_eq!(merged.values()[0].payload.value, b"new");
+        assert_eq!(merged.values()[0].payload.value, b"new"[..]);
     }
 
     #[test]

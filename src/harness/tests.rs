@@ -69,7 +69,7 @@ fn write(key: &str, value: &str, level: Level) -> Write {
         key: key.as_bytes().to_vec(),
         context: None,
         content: Content {
-            value: value.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec().into(),
             content_type: "text/plain".into(),
             timestamp_ms: crate::clock::now_ms(),
             expires_at_ms: None,
@@ -117,7 +117,7 @@ async fn stand_ins_are_taken_in_ring_order_and_hints_go_back_to_the_owner() {
     let p = a.view().ring().partition_of(key.as_bytes());
     let rec = c.node(owner).storage().get(p, key.as_bytes()).unwrap().unwrap();
     assert_eq!(rec.len(), 1);
-    assert_eq!(rec.values()[0].payload.value, b"v2");
+    assert_eq!(rec.values()[0].payload.value, b"v2"[..]);
 }
 
 /// A stand-in that leaves hands its hints to the live replicas of their
@@ -228,7 +228,7 @@ async fn a_stale_whole_copy_is_caught_by_the_other_replicas_digests() {
     c.net.heal();
     let read = coordinator::read(c.node(outsider), key.as_bytes(), Level::Quorum).await.unwrap();
     assert_eq!(read.visible.len(), 1);
-    assert_eq!(read.visible[0].payload.value, b"v");
+    assert_eq!(read.visible[0].payload.value, b"v"[..]);
     assert!(c.node(outsider).metrics().read_digest_mismatches.get() >= 1);
     until("the stale replica repaired", || c.held(stale, &key) == 1).await;
 }
@@ -246,7 +246,7 @@ async fn a_read_fails_fast_when_r_replicas_cannot_answer() {
     assert!(started.elapsed() < Duration::from_secs(5), "refused connections decide at once");
     // r=1 is answered by the coordinator's own copy.
     let read = coordinator::read(c.node("a"), key.as_bytes(), Level::Count(1)).await.unwrap();
-    assert_eq!(read.visible[0].payload.value, b"v");
+    assert_eq!(read.visible[0].payload.value, b"v"[..]);
 }
 
 #[tokio::test]
@@ -275,7 +275,7 @@ fn record(node: &str, value: &[u8], deleted: bool) -> crate::storage::Record {
     let rec = crate::storage::Record::new();
     let ctx = crate::version::Context::new();
     let content = Content {
-        value: value.to_vec(),
+        value: value.to_vec().into(),
         content_type: "text/plain".into(),
         timestamp_ms: 1_700_000_000_000,
         expires_at_ms: None,

@@ -963,7 +963,7 @@ mod tests {
 
     fn content(v: &str) -> Content {
         Content {
-            value: v.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec().into(),
             content_type: "text/plain".into(),
             timestamp_ms: 1,
             expires_at_ms: None,
@@ -1002,7 +1002,7 @@ mod tests {
         let s = reopen(dir.path(), &opts(4, false)).unwrap();
         let rec = s.get(0, b"k").unwrap().unwrap();
         assert_eq!(rec.len(), 1);
-        assert_eq!(rec.values()[0].payload.value, b"v2");
+        assert_eq!(rec.values()[0].payload.value, b"v2"[..]);
         drop(s);
         assert!(matches!(
             reopen(dir.path(), &opts(8, false)),
@@ -1044,7 +1044,7 @@ mod tests {
         put(&s, b"k", "v");
         let r = s.update(0, b"k", |_| Err::<(Option<Record>, ()), _>("no")).unwrap();
         assert!(matches!(r, Err("no")));
-        assert_eq!(s.get(0, b"k").unwrap().unwrap().values()[0].payload.value, b"v");
+        assert_eq!(s.get(0, b"k").unwrap().unwrap().values()[0].payload.value, b"v"[..]);
     }
 
     /// Many writers waiting for durability at once, alongside shutdown-style

@@ -5,6 +5,7 @@
 //! than a misread. Format 2 added the purged context (purge markers);
 //! format 1 records (versions only) still decode, with nothing purged.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::version::{Context, Siblings, Version};
@@ -21,9 +22,10 @@ struct RecordV1 {
 /// A value (or tombstone) with the metadata SPEC §4 asks every version to carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Content {
-    /// The value bytes (empty for a tombstone).
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+    /// The value bytes (empty for a tombstone): shared, so a client's body
+    /// becomes a version, and a version is cloned, without copying them.
+    #[serde(with = "value_bytes")]
+    pub value: Bytes,
     /// `Content-Type` given on write (empty for a tombstone).
     pub content_type: String,
     /// Wall-clock time of the write, ms since the Unix epoch.
@@ -38,6 +40,21 @@ impl Content {
     /// Whether the version has expired at `now_ms`.
     pub fn expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|t| t <= now_ms)
+    }
+}
+
+/// `Content::value` as postcard bytes (a length, then the bytes: what
+/// `serde_bytes` writes for a `Vec<u8>`, so the format is unchanged).
+mod value_bytes {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        Ok(Bytes::from(serde_bytes::ByteBuf::deserialize(d)?.into_vec()))
     }
 }
 
@@ -104,7 +121,7 @@ mod tests {
             any::<bool>(),
         )
             .prop_map(|(value, content_type, timestamp_ms, expires_at_ms, deleted)| Content {
-                value,
+                value: value.into(),
                 content_type,
                 timestamp_ms,
                 expires_at_ms,
@@ -139,7 +156,7 @@ mod tests {
         let rec = Record::new();
         let ctx = Context::new();
         let value = Content {
-            value: b"hi".to_vec(),
+            value: Bytes::from_static(b"hi"),
             content_type: "text/plain".into(),
             timestamp_ms: 1_700_000_000_000,
             expires_at_ms: Some(1_700_000_060_000),
@@ -147,7 +164,7 @@ mod tests {
         };
         let rec = rec.update(&ctx, rec.next_dot(&ctx, "a", 0), value);
         let tomb = Content {
-            value: Vec::new(),
+            value: Bytes::new(),
             content_type: String::new(),
             timestamp_ms: 1_700_000_000_001,
             expires_at_ms: None,
@@ -174,7 +191,7 @@ mod tests {
         let v1 = [1u8, 1, 1, b'a', 1, 0, 0, 2, b'h', b'i', 0, 5, 0, 0];
         let rec = decode(&v1).unwrap();
         assert_eq!(rec.len(), 1);
-        assert_eq!(rec.values()[0].payload.value, b"hi");
+        assert_eq!(rec.values()[0].payload.value, b"hi"[..]);
         assert!(rec.purged().is_empty());
     }
 

@@ -316,7 +316,7 @@ mod tests {
         let rec = Record::new();
         let ctx = Context::new();
         let value = Content {
-            value: b"hi".to_vec(),
+            value: bytes::Bytes::from_static(b"hi"),
             content_type: "text/plain".into(),
             timestamp_ms: 1_700_000_000_000,
             expires_at_ms: Some(1_700_000_060_000),
@@ -324,7 +324,7 @@ mod tests {
         };
         let rec = rec.update(&ctx, rec.next_dot(&ctx, "a", 0), value);
         let tomb = Content {
-            value: Vec::new(),
+            value: bytes::Bytes::new(),
             content_type: String::new(),
             timestamp_ms: 1_700_000_000_001,
             expires_at_ms: None,

@@ -364,7 +364,7 @@ async fn cluster_secret_guards_internal_routes() {
     let rec = Record::new();
     let ctx = Context::new();
     let content = Content {
-        value: b"evil".to_vec(),
+        value: bytes::Bytes::from_static(b"evil"),
         content_type: "text/plain".into(),
         timestamp_ms: 1,
         expires_at_ms: None,
