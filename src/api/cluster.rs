@@ -5,10 +5,10 @@ use std::sync::Arc;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 use super::error::ApiError;
 use super::extract;
@@ -124,22 +124,30 @@ pub fn versions_json(record: &Record) -> Vec<Value> {
         .collect()
 }
 
-/// Lets an admin request through only with `Authorization: Bearer <secret>`
-/// when `--cluster-secret` is set (compared in constant time); otherwise 401
-/// `unauthorized` and nothing happens.
-pub async fn require_admin(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    if let Some(secret) = &node.cfg().cluster_secret {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if !given.is_some_and(|g| super::internal::constant_time_eq(g.as_bytes(), secret.as_bytes())) {
-            return ApiError::AdminUnauthorized.into_response();
+/// A layer that lets an admin request through only with `Authorization:
+/// Bearer <secret>` when `secret` is set (compared in constant time);
+/// otherwise 401 `unauthorized` and nothing happens.
+// The Err of a tower-http validator is the refusal itself, a Response.
+#[allow(clippy::result_large_err)]
+pub fn require_admin(
+    secret: Option<String>,
+) -> ValidateRequestHeaderLayer<impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static> {
+    ValidateRequestHeaderLayer::custom(move |req: &mut Request| match &secret {
+        Some(secret) => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if given.is_some_and(|g| super::internal::constant_time_eq(g.as_bytes(), secret.as_bytes())) {
+                Ok(())
+            } else {
+                Err(ApiError::AdminUnauthorized.into_response())
+            }
         }
-    }
-    next.run(req).await
+        None => Ok(()),
+    })
 }
 
 /// `POST /cluster/leave`: 202, then hand off and exit 0.

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 use super::error::ApiError;
 use crate::node::Node;
@@ -20,15 +20,25 @@ use crate::transport::http::SECRET_HEADER;
 /// Largest gossip body accepted.
 pub const MAX_GOSSIP_BYTES: usize = 1 << 20;
 
-/// Rejects internal requests without the cluster secret.
-pub async fn require_secret(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    if let Some(secret) = &node.cfg().cluster_secret {
-        let given = req.headers().get(SECRET_HEADER).map(|v| v.as_bytes());
-        if !given.is_some_and(|g| constant_time_eq(g, secret.as_bytes())) {
-            return ApiError::Unauthorized.into_response();
+/// A layer that rejects internal requests without the cluster secret (401
+/// `unauthorized`, the request never reaches its handler) when `secret` is
+/// set, and lets every request through when it is not.
+// The Err of a tower-http validator is the refusal itself, a Response.
+#[allow(clippy::result_large_err)]
+pub fn require_secret(
+    secret: Option<String>,
+) -> ValidateRequestHeaderLayer<impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static> {
+    ValidateRequestHeaderLayer::custom(move |req: &mut Request| match &secret {
+        Some(secret) => {
+            let given = req.headers().get(SECRET_HEADER).map(|v| v.as_bytes());
+            if given.is_some_and(|g| constant_time_eq(g, secret.as_bytes())) {
+                Ok(())
+            } else {
+                Err(ApiError::Unauthorized.into_response())
+            }
         }
-    }
-    next.run(req).await
+        None => Ok(()),
+    })
 }
 
 /// Compares two secrets in time independent of where they differ.

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Uri};
-use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use tower::ServiceBuilder;
@@ -62,7 +61,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let client_budget = edge::Budget::new(cfg.max_requests as usize, deadline);
     let internal_budget = edge::Budget::new(cfg.max_internal_requests as usize, deadline);
     let observe = edge::Observe::new(node.clone());
-    let secret = middleware::from_fn_with_state(node.clone(), internal::require_secret);
+    let secret = internal::require_secret(cfg.cluster_secret.clone());
     // Each group's layers are applied in one `Router::layer` call: axum
     // boxes every route once per call (a clone of the boxed service and a
     // boxed future per request and level), so one composite layer costs a
@@ -94,7 +93,7 @@ pub fn router(node: Arc<Node>) -> Router {
             .layer(observe.clone())
             .layer(client_budget.clone())
             .layer(DefaultBodyLimit::max(body_limit))
-            .layer(middleware::from_fn_with_state(node.clone(), cluster::require_admin)),
+            .layer(cluster::require_admin(cfg.cluster_secret.clone())),
     );
     let client = Router::new()
         .route("/kv/{key}", get(kv::get).put(kv::put).delete(kv::delete))
