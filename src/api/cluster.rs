@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -127,27 +127,16 @@ pub fn versions_json(record: &Record) -> Vec<Value> {
 /// A layer that lets an admin request through only with `Authorization:
 /// Bearer <secret>` when `secret` is set (compared in constant time);
 /// otherwise 401 `unauthorized` and nothing happens.
-// The Err of a tower-http validator is the refusal itself, a Response.
-#[allow(clippy::result_large_err)]
 pub fn require_admin(
     secret: Option<String>,
 ) -> ValidateRequestHeaderLayer<impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static> {
-    ValidateRequestHeaderLayer::custom(move |req: &mut Request| match &secret {
-        Some(secret) => {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            if given.is_some_and(|g| super::internal::constant_time_eq(g.as_bytes(), secret.as_bytes())) {
-                Ok(())
-            } else {
-                Err(ApiError::AdminUnauthorized.into_response())
-            }
-        }
-        None => Ok(()),
-    })
+    super::internal::guard(secret, bearer, || ApiError::AdminUnauthorized.into_response())
+}
+
+/// The secret in `Authorization: Bearer <secret>`, if that is the header.
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    Some(value.strip_prefix("Bearer ")?.trim().as_bytes())
 }
 
 /// `POST /cluster/leave`: 202, then hand off and exit 0.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tower_http::validate_request::ValidateRequestHeaderLayer;
@@ -23,21 +23,26 @@ pub const MAX_GOSSIP_BYTES: usize = 1 << 20;
 /// A layer that rejects internal requests without the cluster secret (401
 /// `unauthorized`, the request never reaches its handler) when `secret` is
 /// set, and lets every request through when it is not.
-// The Err of a tower-http validator is the refusal itself, a Response.
-#[allow(clippy::result_large_err)]
 pub fn require_secret(
     secret: Option<String>,
 ) -> ValidateRequestHeaderLayer<impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static> {
+    guard(secret, |h| h.get(SECRET_HEADER).map(|v| v.as_bytes()), || ApiError::Unauthorized.into_response())
+}
+
+/// A layer that lets a request through when `secret` is unset or when
+/// `given` finds it in the request's headers (compared in constant time),
+/// and answers `refusal()` otherwise (tower-http's header validation: no
+/// boxed service or future per request).
+// The Err of a tower-http validator is the refusal itself, a Response.
+#[allow(clippy::result_large_err)]
+pub fn guard(
+    secret: Option<String>,
+    given: fn(&HeaderMap) -> Option<&[u8]>,
+    refusal: fn() -> Response,
+) -> ValidateRequestHeaderLayer<impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static> {
     ValidateRequestHeaderLayer::custom(move |req: &mut Request| match &secret {
-        Some(secret) => {
-            let given = req.headers().get(SECRET_HEADER).map(|v| v.as_bytes());
-            if given.is_some_and(|g| constant_time_eq(g, secret.as_bytes())) {
-                Ok(())
-            } else {
-                Err(ApiError::Unauthorized.into_response())
-            }
-        }
-        None => Ok(()),
+        Some(secret) if !given(req.headers()).is_some_and(|g| constant_time_eq(g, secret.as_bytes())) => Err(refusal()),
+        _ => Ok(()),
     })
 }
 
