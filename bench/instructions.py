@@ -111,7 +111,7 @@ def main():
     lines = [
         "## Instructions per request (`bench/instructions.py`)",
         "",
-        f"Date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC. User-space instructions per request counted by "
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. User-space instructions per request counted by "
         f"callgrind, one node, {KEYS} keys of 1 KiB, 4 in flight for {DUR} per workload (the kernel's share, "
         "about half of a request's CPU here, is not counted). Command: `python3 bench/instructions.py "
         + " ".join(os.path.relpath(b, common.ROOT) if b.startswith(common.ROOT) else "<binary>" for b in a.binaries)
