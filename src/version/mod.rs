@@ -206,11 +206,22 @@ impl Context {
 
     /// Adds one seen dot.
     pub fn add(&mut self, dot: Dot) {
-        if !self.covers(&dot) {
-            let at = self.cloud.binary_search(&dot).unwrap_err();
-            self.cloud.insert(at, dot);
-            self.compact();
+        if self.covers(&dot) {
+            return;
         }
+        if self.vv.get(&dot.node) + 1 == dot.counter {
+            // The common case (a new version's dot, next to what its
+            // context saw): straight into the vector, which may make cloud
+            // dots contiguous in turn.
+            self.vv.witness(&dot.node, dot.counter);
+            if !self.cloud.is_empty() {
+                self.compact();
+            }
+            return;
+        }
+        let at = self.cloud.binary_search(&dot).unwrap_err();
+        self.cloud.insert(at, dot);
+        self.compact();
     }
 
     /// Adds everything `other` has seen.

@@ -184,6 +184,33 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A context is exactly the set of dots added to it, whatever their
+    /// order, kept in normal form: every cloud dot is past the vector and
+    /// not next to it (else it would be in the vector), in dot order.
+    #[test]
+    fn a_context_holds_exactly_the_dots_added_in_normal_form(
+        dots in proptest::collection::vec((0usize..3, 1u64..10), 0..40),
+    ) {
+        let mut ctx = Context::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (n, c) in dots {
+            ctx.add(Dot { node: NODES[n].to_string(), counter: c });
+            seen.insert((n, c));
+            for (n2, node) in NODES.iter().enumerate() {
+                for c2 in 1..10 {
+                    let d = Dot { node: node.to_string(), counter: c2 };
+                    prop_assert_eq!(ctx.covers(&d), seen.contains(&(n2, c2)), "{:?} in {:?}", d, ctx);
+                }
+            }
+            for d in ctx.cloud() {
+                prop_assert!(ctx.vector().get(&d.node) + 1 < d.counter, "{:?} not in normal form", ctx);
+            }
+            prop_assert!(ctx.cloud().windows(2).all(|w| w[0] < w[1]), "{:?}", ctx);
+        }
+    }
+}
+
 /// The late-hint story: a value written while one replica was away, deleted,
 /// the tombstone purged everywhere; the old value arriving afterwards stays
 /// gone, and a new write supersedes the marker.
