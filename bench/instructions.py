@@ -2,7 +2,7 @@
 """User-space instructions per request, counted by valgrind's callgrind:
 a measure of a change to the request path that this machine's noise does
 not swamp (throughput on two shared cores moves by 10 % between runs of one
-binary; an instruction count moves by well under 1 %). It does not see the
+binary; an instruction count moves by about 1 % at most). It does not see the
 kernel (sockets, loopback), waiting, or cache misses: use it to tell whether
 a change to dynakv's own code made a request cheaper, and the throughput
 benchmarks to tell what that is worth.
