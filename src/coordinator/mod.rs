@@ -22,10 +22,12 @@
 pub mod quorum;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use crate::clock::now_ms;
@@ -139,8 +141,9 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
 
 /// Sends `record` to every other owner in `set` (stand-ins for the ones that
 /// are not alive or do not answer) and returns the acks counted once the
-/// tally is decided or the deadline passed. Sends still under way carry on
-/// in the background.
+/// tally is decided or the deadline passed. Every other owner gets the write
+/// whatever the level, even one the coordinator's own copy already met
+/// (w=1, w=async); sends still under way carry on in the background.
 async fn replicate(
     node: &Arc<Node>,
     view: Arc<ClusterView>,
@@ -151,27 +154,23 @@ async fn replicate(
     mut tally: Tally,
 ) -> usize {
     let others: Vec<String> = set.owners.iter().filter(|id| *id != node.id()).cloned().collect();
-    if others.is_empty() || tally.outcome() != Outcome::Pending {
+    if others.is_empty() {
         return tally.acked();
     }
     let standins = Arc::new(Mutex::new(set.standins));
     // One encoding for every replica.
     let body = wire::write_op(&key, &record);
     let key = Arc::new(key);
-    let (tx, mut rx) = mpsc::channel(others.len());
+    let mut sends = Finishing::new(node);
     for owner in others {
-        let (n, tx, view, key, record, standins, body) =
-            (node.clone(), tx.clone(), view.clone(), key.clone(), record.clone(), standins.clone(), body.clone());
-        node.spawn(async move {
-            let ack = send_one(&n, &view, partition, &owner, &key, &record, body, &standins).await;
-            let _ = tx.send(ack).await;
-        });
+        let (n, view, key, record, standins, body) =
+            (node.clone(), view.clone(), key.clone(), record.clone(), standins.clone(), body.clone());
+        sends.push(async move { send_one(&n, &view, partition, &owner, &key, &record, body, &standins).await });
     }
-    drop(tx);
     // A direct attempt and one stand-in, each bounded by the request timeout.
     let deadline = Instant::now() + node.timeout() * 2 + Duration::from_millis(50);
     while tally.outcome() == Outcome::Pending {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
+        match tokio::time::timeout_at(deadline, sends.next()).await {
             Ok(Some(Ack::Stored | Ack::Hinted)) => {
                 tally.ok();
             }
@@ -182,6 +181,43 @@ async fn replicate(
         }
     }
     tally.acked()
+}
+
+/// Futures a request polls while it waits for them, which finish in a
+/// tracked background task once it stops waiting (it has what it needs, its
+/// deadline passed, or it was cancelled): replies reach the waiting request
+/// without a task of their own in between, and none is abandoned.
+struct Finishing<T: Send + 'static> {
+    node: Arc<Node>,
+    futs: FuturesUnordered<BoxFuture<'static, T>>,
+}
+
+impl<T: Send + 'static> Finishing<T> {
+    fn new(node: &Arc<Node>) -> Self {
+        Self { node: node.clone(), futs: FuturesUnordered::new() }
+    }
+
+    fn push(&mut self, fut: impl Future<Output = T> + Send + 'static) {
+        self.futs.push(Box::pin(fut));
+    }
+
+    /// The next one to finish, or `None` when none is left.
+    async fn next(&mut self) -> Option<T> {
+        self.futs.next().await
+    }
+
+    fn is_empty(&self) -> bool {
+        self.futs.is_empty()
+    }
+}
+
+impl<T: Send + 'static> Drop for Finishing<T> {
+    fn drop(&mut self) {
+        if !self.futs.is_empty() {
+            let mut rest = std::mem::take(&mut self.futs);
+            self.node.spawn(async move { while rest.next().await.is_some() {} });
+        }
+    }
 }
 
 /// Delivers one replica's copy: directly when the owner is alive, else (or
@@ -274,6 +310,11 @@ type Reply = (String, Option<ReplicaCopy>);
 /// reads), which counts towards R when it matches what the read has merged;
 /// one that differs is asked for its record before it counts. Replies and
 /// read repair otherwise work as if every replica had sent its record.
+///
+/// The request itself collects replies until R are in (or R can no longer
+/// be met, or the deadline passed); the rest of the replies, and the repair
+/// of every replica that differs from the merge, continue in one background
+/// task.
 pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResult, CoordError> {
     let view = node.view();
     let partition = view.ring().partition_of(key);
@@ -296,40 +337,37 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
     } else {
         pref.iter().find(|id| view.is_alive(id)).or(pref.first()).cloned().unwrap_or_default()
     };
-    let key = Arc::new(key.to_vec());
-    // Room for every first answer and every follow-up read.
-    let (tx, rx) = mpsc::channel::<Reply>(2 * pref.len().max(1));
-    for id in &pref {
-        if id == node.id() && !node.receiving(&view, partition) {
-            let local = node.storage().get(partition, &key)?;
-            let _ = tx.send((id.clone(), Some(ReplicaCopy::Full(local)))).await;
-            continue;
-        }
-        // Remote replicas, and this node while it is still receiving the
-        // partition (its answer then includes a holder's copy).
-        let whole = *id == whole_from;
-        let (n, tx, key, id, view) = (node.clone(), tx.clone(), key.clone(), id.clone(), view.clone());
-        node.spawn(async move {
-            let reply = if whole {
-                replica::read(&n, &view, &id, partition, &key).await.map(ReplicaCopy::Full)
-            } else {
-                replica::digest(&n, &view, &id, &key).await
-            };
-            let _ = tx.send((id, reply.ok())).await;
-        });
-    }
-    let (quorum_tx, quorum_rx) = oneshot::channel();
-    let deadline = Instant::now() + node.timeout() + Duration::from_millis(50);
+    let receiving = node.receiving(&view, partition);
     let tally = Tally::new(needed, pref.len());
-    node.spawn(gather(node.clone(), view, partition, key, whole_from, tally, deadline, (tx, rx), quorum_tx));
-    match quorum_rx.await {
-        Ok(Ok(merged)) => Ok(visible(merged, now_ms())),
-        Ok(Err(acked)) => {
-            node.metrics().quorum_failures.with_label_values(&["read"]).inc();
-            Err(CoordError::QuorumNotMet { needed, acked, context: None })
+    let mut g = Gather::new(node, view, partition, Arc::new(key.to_vec()), whole_from, tally);
+    for id in &pref {
+        if id == node.id() && !receiving {
+            let local = node.storage().get(partition, key)?;
+            g.take((id.clone(), Some(ReplicaCopy::Full(local))));
+        } else {
+            // Remote replicas, and this node while it is still receiving the
+            // partition (its answer then includes a holder's copy).
+            g.ask(id.clone());
         }
-        Err(_) => Err(CoordError::QuorumNotMet { needed, acked: 0, context: None }),
     }
+    let deadline = Instant::now() + node.timeout() + Duration::from_millis(50);
+    while g.tally.outcome() == Outcome::Pending {
+        match tokio::time::timeout_at(deadline, g.replies.next()).await {
+            Ok(Some(reply)) => g.take(reply),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let answer = match g.tally.outcome() {
+        Outcome::Reached => Ok(visible(g.merged.clone(), now_ms())),
+        _ => {
+            node.metrics().quorum_failures.with_label_values(&["read"]).inc();
+            Err(CoordError::QuorumNotMet { needed, acked: g.tally.acked(), context: None })
+        }
+    };
+    if !g.tally.complete() || g.behind() {
+        node.spawn(g.finish(deadline));
+    }
+    answer
 }
 
 /// What a read knows of one replica's copy once it counted: the record, or
@@ -345,119 +383,164 @@ fn digest_of(merged: &Record, any: bool) -> Option<u128> {
     any.then(|| crate::storage::record::digest(&crate::storage::record::encode(merged)))
 }
 
-/// Collects read replies: answers the client through `quorum` as soon as the
-/// tally is reached (or `Err(replies)` once it failed), then waits for the
-/// rest and repairs every replica that differs from the merge. A digest is
-/// compared with the merge of the whole records so far; one that differs,
-/// or that cannot be compared because `whole_from` (the replica asked for
-/// its record) failed, is followed by a read of that replica's record,
-/// answered on `chan` like the rest.
-#[allow(clippy::too_many_arguments)]
-async fn gather(
+/// The replies of one read, as they come: merges the whole records, compares
+/// digests with the merge of the whole records so far (one that differs, or
+/// that cannot be compared because `whole_from`, the replica asked for its
+/// record, failed, is followed by a read of that replica's record, answered
+/// like the rest), and at the end repairs every replica that differs from the
+/// merge.
+struct Gather {
     node: Arc<Node>,
     view: Arc<ClusterView>,
     partition: u32,
     key: Arc<Vec<u8>>,
     whole_from: String,
-    mut tally: Tally,
-    deadline: Instant,
-    chan: (mpsc::Sender<Reply>, mpsc::Receiver<Reply>),
-    quorum: oneshot::Sender<Result<Record, usize>>,
-) {
-    let (tx, mut rx) = chan;
-    let mut quorum = Some(quorum);
-    let mut known: Vec<(String, Known)> = Vec::new();
-    let mut merged = Record::new();
-    // Whether a whole record has come in, whether one had the key, and
-    // whether the replica asked for one failed before any came.
-    let (mut whole, mut any, mut whole_lost) = (false, false, false);
-    // The digest of the merge, kept with it (encoding it per digest reply
-    // would repeat the work).
-    let mut current = None;
-    // Digests waiting for a whole record to compare with.
-    let mut early: Vec<(String, Option<u128>)> = Vec::new();
-    let follow_up = |id: String| {
-        let (n, tx, key, view) = (node.clone(), tx.clone(), key.clone(), view.clone());
-        node.metrics().read_digest_mismatches.inc();
-        node.spawn(async move {
-            let reply = replica::read(&n, &view, &id, partition, &key).await.ok();
-            let _ = tx.send((id, reply.map(ReplicaCopy::Full))).await;
+    tally: Tally,
+    replies: Finishing<Reply>,
+    known: Vec<(String, Known)>,
+    merged: Record,
+    /// Whether a whole record has come in, whether one had the key, and
+    /// whether the replica asked for one failed before any came.
+    whole: bool,
+    any: bool,
+    whole_lost: bool,
+    /// The digest of the merge, kept with it (encoding it per digest reply
+    /// would repeat the work).
+    current: Option<u128>,
+    /// Digests waiting for a whole record to compare with.
+    early: Vec<(String, Option<u128>)>,
+}
+
+impl Gather {
+    fn new(
+        node: &Arc<Node>,
+        view: Arc<ClusterView>,
+        partition: u32,
+        key: Arc<Vec<u8>>,
+        whole_from: String,
+        tally: Tally,
+    ) -> Self {
+        Self {
+            node: node.clone(),
+            view,
+            partition,
+            key,
+            whole_from,
+            tally,
+            replies: Finishing::new(node),
+            known: Vec::new(),
+            merged: Record::new(),
+            whole: false,
+            any: false,
+            whole_lost: false,
+            current: None,
+            early: Vec::new(),
+        }
+    }
+
+    /// Asks replica `id` for its digest, or for its record if it is
+    /// `whole_from`.
+    fn ask(&mut self, id: String) {
+        let whole = id == self.whole_from;
+        let (n, key, view, partition) = (self.node.clone(), self.key.clone(), self.view.clone(), self.partition);
+        self.replies.push(async move {
+            let reply = if whole {
+                replica::read(&n, &view, &id, partition, &key).await.map(ReplicaCopy::Full)
+            } else {
+                replica::digest(&n, &view, &id, &key).await
+            };
+            (id, reply.ok())
         });
-    };
-    while !tally.complete() {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((id, Some(ReplicaCopy::Full(rec))))) => {
+    }
+
+    /// Asks replica `id` for its record after its digest could not count.
+    fn follow_up(&mut self, id: String) {
+        self.node.metrics().read_digest_mismatches.inc();
+        let (n, key, view, partition) = (self.node.clone(), self.key.clone(), self.view.clone(), self.partition);
+        self.replies.push(async move {
+            let reply = replica::read(&n, &view, &id, partition, &key).await.ok();
+            (id, reply.map(ReplicaCopy::Full))
+        });
+    }
+
+    /// Counts one reply.
+    fn take(&mut self, reply: Reply) {
+        match reply {
+            (id, Some(ReplicaCopy::Full(rec))) => {
                 if let Some(r) = &rec {
-                    merged = if any { merged.sync(r) } else { r.clone() };
-                    any = true;
+                    self.merged = if self.any { self.merged.sync(r) } else { r.clone() };
+                    self.any = true;
                 }
-                whole = true;
-                known.push((id, Known::Record(rec)));
-                tally.ok();
-                current = digest_of(&merged, any);
+                self.whole = true;
+                self.known.push((id, Known::Record(rec)));
+                self.tally.ok();
+                self.current = digest_of(&self.merged, self.any);
                 // Digests that came first are compared now.
-                for (id, d) in std::mem::take(&mut early) {
-                    if d == current {
-                        known.push((id, Known::Digest(d)));
-                        tally.ok();
+                for (id, d) in std::mem::take(&mut self.early) {
+                    if d == self.current {
+                        self.known.push((id, Known::Digest(d)));
+                        self.tally.ok();
                     } else {
-                        follow_up(id);
+                        self.follow_up(id);
                     }
                 }
             }
-            Ok(Some((id, Some(ReplicaCopy::Digest(d))))) => {
-                if whole && d == current {
-                    known.push((id, Known::Digest(d)));
-                    tally.ok();
-                } else if whole || whole_lost {
-                    follow_up(id);
+            (id, Some(ReplicaCopy::Digest(d))) => {
+                if self.whole && d == self.current {
+                    self.known.push((id, Known::Digest(d)));
+                    self.tally.ok();
+                } else if self.whole || self.whole_lost {
+                    self.follow_up(id);
                 } else {
-                    early.push((id, d));
+                    self.early.push((id, d));
                 }
             }
-            Ok(Some((id, None))) => {
-                tally.fail();
+            (id, None) => {
+                self.tally.fail();
                 // The whole record will not come: digests are read whole.
-                if !whole && id == whole_from {
-                    whole_lost = true;
-                    for (id, _) in std::mem::take(&mut early) {
-                        follow_up(id);
+                if !self.whole && id == self.whole_from {
+                    self.whole_lost = true;
+                    for (id, _) in std::mem::take(&mut self.early) {
+                        self.follow_up(id);
                     }
                 }
             }
-            Ok(None) | Err(_) => break,
         }
-        match tally.outcome() {
-            Outcome::Reached => {
-                if let Some(q) = quorum.take() {
-                    let _ = q.send(Ok(merged.clone()));
-                }
+    }
+
+    /// Whether a replica that counted differs from the merge.
+    fn behind(&self) -> bool {
+        !self.merged.is_empty()
+            && self.known.iter().any(|(_, copy)| match copy {
+                Known::Record(rec) => rec.as_ref() != Some(&self.merged),
+                Known::Digest(d) => *d != self.current,
+            })
+    }
+
+    /// Waits for the rest of the replies (until `deadline`), then repairs
+    /// every replica that differs from the merge.
+    async fn finish(mut self, deadline: Instant) {
+        while !self.tally.complete() && !self.replies.is_empty() {
+            match tokio::time::timeout_at(deadline, self.replies.next()).await {
+                Ok(Some(reply)) => self.take(reply),
+                Ok(None) | Err(_) => break,
             }
-            Outcome::Failed => {
-                if let Some(q) = quorum.take() {
-                    let _ = q.send(Err(tally.acked()));
-                }
+        }
+        if self.merged.is_empty() {
+            return;
+        }
+        for (id, copy) in std::mem::take(&mut self.known) {
+            let behind = match copy {
+                Known::Record(rec) => rec.as_ref() != Some(&self.merged),
+                Known::Digest(d) => d != self.current,
+            };
+            if !behind {
+                continue;
             }
-            Outcome::Pending => {}
-        }
-    }
-    if let Some(q) = quorum.take() {
-        let _ = q.send(if tally.outcome() == Outcome::Reached { Ok(merged.clone()) } else { Err(tally.acked()) });
-    }
-    if merged.is_empty() {
-        return;
-    }
-    for (id, copy) in known {
-        let behind = match copy {
-            Known::Record(rec) => rec.as_ref() != Some(&merged),
-            Known::Digest(d) => d != current,
-        };
-        if !behind {
-            continue;
-        }
-        node.metrics().read_repairs.inc();
-        if let Err(e) = replica::merge(&node, &view, &id, partition, &key, &merged).await {
-            tracing::debug!(peer = %id, error = %e, "read repair failed");
+            self.node.metrics().read_repairs.inc();
+            if let Err(e) = replica::merge(&self.node, &self.view, &id, self.partition, &self.key, &self.merged).await {
+                tracing::debug!(peer = %id, error = %e, "read repair failed");
+            }
         }
     }
 }

@@ -59,6 +59,15 @@ impl Mem {
         n.storage().get(p, key.as_bytes()).unwrap().map(|r| r.len()).unwrap_or(0)
     }
 
+    /// The value of the one version node `id` holds for `key`, if it holds
+    /// exactly one.
+    fn value(&self, id: &str, key: &str) -> Option<Vec<u8>> {
+        let n = self.node(id);
+        let p = n.view().ring().partition_of(key.as_bytes());
+        let rec = n.storage().get(p, key.as_bytes()).unwrap()?;
+        (rec.len() == 1).then(|| rec.values()[0].payload.value.to_vec())
+    }
+
     fn hints_for(&self, holder: &str, owner: &str) -> usize {
         self.node(holder).storage().hints(1000).unwrap().iter().filter(|h| h.owner == owner).count()
     }
@@ -167,6 +176,25 @@ async fn no_stand_in_left_means_no_quorum_but_the_write_stays() {
     assert_eq!(c.held("a", &key), 1, "the write stays where it landed");
     // w=1 is met by the coordinator alone.
     coordinator::write(c.node("a"), write(&key, "w", Level::Count(1))).await.unwrap();
+}
+
+/// Below quorum (w=1, w=async) the client's answer waits for the
+/// coordinator's own copy only, but the write still goes to every other
+/// replica, and one that cannot be reached gets its copy as a hint, as at
+/// any other level. Anti-entropy is off: nothing else could carry it.
+#[tokio::test]
+async fn writes_below_quorum_still_reach_every_replica() {
+    let c = Mem::new(4, &["--anti-entropy-interval-ms", "0"]);
+    let (key, walk) = c.key_led_by("a");
+    coordinator::write(c.node("a"), write(&key, "v1", Level::Count(1))).await.unwrap();
+    for id in &walk[1..3] {
+        until(&format!("{id} holds the w=1 write"), || c.value(id, &key).as_deref() == Some(&b"v1"[..])).await;
+    }
+    c.net.set_link("a", &walk[1], Link::Down);
+    coordinator::write(c.node("a"), write(&key, "v2", Level::Async)).await.unwrap();
+    until("the reachable owner holds the w=async write", || c.value(&walk[2], &key).as_deref() == Some(&b"v2"[..]))
+        .await;
+    until("the next node keeps a hint for the unreachable owner", || c.hints_for(&walk[3], &walk[1]) == 1).await;
 }
 
 #[tokio::test]
