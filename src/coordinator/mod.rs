@@ -213,7 +213,9 @@ impl<T: Send + 'static> Finishing<T> {
 
 impl<T: Send + 'static> Drop for Finishing<T> {
     fn drop(&mut self) {
-        if !self.futs.is_empty() {
+        // Outside a runtime (dropped while it shuts down) there is nothing
+        // left to finish them on.
+        if !self.futs.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
             let mut rest = std::mem::take(&mut self.futs);
             self.node.spawn(async move { while rest.next().await.is_some() {} });
         }
