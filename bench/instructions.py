@@ -7,7 +7,7 @@ kernel (sockets, loopback), waiting, or cache misses: use it to tell whether
 a change to dynakv's own code made a request cheaper, and the throughput
 benchmarks to tell what that is worth.
 
-    bench/instructions.py [BINARY ...] [--out FILE]
+    bench/instructions.py [BINARY ...] [--out FILE] [--nodes 3]
 
 Each BINARY (default target/release/dynakv) runs as one node under
 callgrind with instrumentation off; after a preload of KEYS keys of 1 KiB,
@@ -17,11 +17,17 @@ served. The bare sled server (`dynakv-bench baseline --backend sled`) is
 measured the same way. Writes bench/results/instructions.md (or --out) and
 reassembles bench/RESULTS.md. valgrind is installed with apt-get when
 missing.
+
+With --nodes 3 each BINARY runs as a three-node cluster, every node under
+callgrind (timeouts stretched, anti-entropy off), and the instructions of
+all three are summed per client request at r=w=quorum: the replicated
+path's own cost (bench/results/instructions-3.md).
 """
 
 import argparse
 import datetime
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -60,53 +66,89 @@ def counted(out):
     return total
 
 
-def measure(args):
-    """{workload: (instructions per request, requests)} for one server."""
+# Three nodes under callgrind run some 50 times slower than natively:
+# timeouts and failure detection are stretched so that nothing times out,
+# and anti-entropy is off so that only the requests are counted.
+SLOW = ["--request-timeout-ms", "20000", "--suspect-after-ms", "60000", "--dead-after-ms", "120000",
+        "--anti-entropy-interval-ms", "0"]
+
+
+def measure(servers, level=None):
+    """{workload: (instructions per request, requests)}: `servers` are the
+    argument lists of one server or of the nodes of one cluster (the first
+    the seed), each run under callgrind; a cluster's count is the sum over
+    its nodes, per client request (spread over them, at `level`)."""
     root = tempfile.mkdtemp()
-    port = common.free_port()
-    url = f"http://127.0.0.1:{port}"
-    out = os.path.join(root, "callgrind.out")
-    argv = [a.replace("{port}", str(port)).replace("{root}", root) for a in args]
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                             f"--callgrind-out-file={out}", *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ports = [common.free_port() for _ in servers]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    outs = [os.path.join(root, f"callgrind-{i}.out") for i in range(len(servers))]
+    procs = []
     try:
-        common.wait_http(url + "/health", timeout=180)
-        common.preload([url], KEYS, conc=4)
+        for i, args in enumerate(servers):
+            argv = [a.replace("{port}", str(ports[i])).replace("{root}", root).replace("{seed}", urls[0])
+                    for a in args]
+            procs.append(subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                           f"--callgrind-out-file={outs[i]}", *argv],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for url in urls:
+            common.wait_http(url + "/health", timeout=180)
+        if len(urls) > 1:
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                members = json.loads(common.wait_http(urls[-1] + "/cluster/members"))["members"]
+                if sum(m["status"] == "alive" for m in members) == len(urls):
+                    break
+                time.sleep(0.5)
+        common.preload(urls, KEYS, conc=4, level=level)
         result = {}
         for workload, _ in WORKLOADS:
-            control(proc.pid, "-z")
-            control(proc.pid, "-i", "on")
-            rep = common.bench([url], workload, KEYS, 4, DUR, "0s")
-            control(proc.pid, "-i", "off")
-            counted(out)  # anything dumped before this workload
-            control(proc.pid, "-d")
-            deadline = time.time() + 60
-            while not glob.glob(out + ".*") and time.time() < deadline:
-                time.sleep(0.2)
+            for p in procs:
+                control(p.pid, "-z")
+                control(p.pid, "-i", "on")
+            rep = common.bench(urls, workload, KEYS, 4, DUR, "0s", level=level)
+            total = 0
+            for p, out in zip(procs, outs):
+                control(p.pid, "-i", "off")
+                counted(out)  # anything dumped before this workload
+                control(p.pid, "-d")
+                deadline = time.time() + 60
+                while not glob.glob(out + ".*") and time.time() < deadline:
+                    time.sleep(0.2)
+                total += counted(out)
             n = rep["total"]["count"]
-            result[workload] = (counted(out) / max(1, n), n)
+            result[workload] = (total / max(1, n), n)
         return result
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def node(binary, i):
+    args = [binary, "--listen", "127.0.0.1:{port}", "--data-dir", f"{{root}}/n{i}", "--node-id", f"n{i}"]
+    return args + (["--seeds", "{seed}", *SLOW] if i > 1 else SLOW)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binaries", nargs="*", default=[common.DYNAKV])
     ap.add_argument("--out", default="instructions.md")
+    ap.add_argument("--nodes", type=int, default=1, choices=(1, 3),
+                    help="3: each binary as a three-node cluster at r=w=quorum (no sled baseline)")
     a = ap.parse_args()
     ensure_valgrind()
+    if a.nodes == 3:
+        return three(a)
     rows = []
-    sled = measure([common.BENCH, "baseline", "--backend", "sled", "--listen", "127.0.0.1:{port}",
-                    "--data-dir", "{root}/b"])
+    sled = measure([[common.BENCH, "baseline", "--backend", "sled", "--listen", "127.0.0.1:{port}",
+                     "--data-dir", "{root}/b"]])
     for binary in a.binaries:
-        r = measure([binary, "--listen", "127.0.0.1:{port}", "--data-dir", "{root}/d", "--node-id", "n1"])
+        r = measure([[binary, "--listen", "127.0.0.1:{port}", "--data-dir", "{root}/d", "--node-id", "n1"]])
         rows.append((binary, r))
     lines = [
         "## Instructions per request (`bench/instructions.py`)",
@@ -130,6 +172,28 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     common.write_section(a.out, text)
+
+
+def three(a):
+    rows = [(b, measure([node(b, i) for i in (1, 2, 3)], level="quorum")) for b in a.binaries]
+    name = lambda b: os.path.relpath(b, common.ROOT) if b.startswith(common.ROOT) else b  # noqa: E731
+    lines = [
+        "## Instructions per request, three nodes (`bench/instructions.py --nodes 3`)",
+        "",
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. User-space instructions of all "
+        f"three nodes per client request, counted by callgrind; r=w=quorum, {KEYS} keys of 1 KiB, 4 in flight "
+        f"(spread over the nodes) for {DUR} per workload, anti-entropy off. With 4 in flight a replica batch "
+        "carries about one operation, so the internal exchange weighs more than at 32. Command: "
+        "`python3 bench/instructions.py --nodes 3 " + " ".join("<binary>" for _ in a.binaries) + "`.",
+        "",
+        "| build | " + " | ".join(f"{op} instructions / request" for _, op in WORKLOADS) + " |",
+        "|---" * (1 + len(WORKLOADS)) + "|",
+    ]
+    for b, r in rows:
+        lines.append(f"| `{name(b)}` | " + " | ".join(f"{r[w][0]:,.0f}" for w, _ in WORKLOADS) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    common.write_section(a.out if a.out != "instructions.md" else "instructions-3.md", text)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ both load generators (dynakv-bench and wrk):
   three-node saturation rate (open loop, dynakv-bench), once with the
   default worker threads and once with --worker-threads 1 (three nodes
   share the machine's cores);
+- for scale, p99 at half saturation of the in-memory and sled baselines
+  and of one node, measured the same way: what this machine and load
+  generator allow any server;
 - resident memory after loading BIG keys of 1 KiB, dynakv against sled;
 - the server's CPU time per request (user + system, from /proc) in the
   dynakv-bench runs, which shows where a gap comes from even when the load
@@ -127,6 +130,15 @@ def main():
                 add(f"{name} put gen", gen([urls[name]], "write")[0])
                 add(f"{name} put wrk", wrk(urls[name], "put"))
             print(f"run {run}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in sorted(res.items())), flush=True)
+        # What this machine allows: the p99 of each one-process server at
+        # half its own saturation, measured as for three nodes below.
+        for name in ("memory", "sled", "one"):
+            for _ in range(RUNS):
+                add(f"{name} a sat", gen([urls[name]], "a")[0])
+            sat = statistics.median(res[f"{name} a sat"])
+            for _ in range(RUNS):
+                rep = common.bench([urls[name]], "a", KEYS, 32, DUR, "1s", rate=round(sat / 2))
+                add(f"{name} half p99", rep["total"]["p99_ms"])
         procs.stop()
 
         # Three nodes as they start by default (two workers each on this
@@ -192,6 +204,10 @@ def main():
              f"| 1 node `--sync-writes` PUT ops/s | {m['sync put gen']:.0f} | {m['sync put wrk']:.0f} |",
              f"| `--sync-writes` / flushing sled (target ≥ 0.8) | {m['sync put gen'] / m['sled-sync put gen']:.2f} | "
              f"{m['sync put wrk'] / m['sled-sync put wrk']:.2f} |",
+             "| p99 at half saturation, one process (workload A, open loop): in-memory baseline, sled baseline, "
+             f"1 node | {m['memory half p99']:.2f} ms ({m['memory a sat'] / 2:.0f} ops/s), "
+             f"{m['sled half p99']:.2f} ms ({m['sled a sat'] / 2:.0f} ops/s), "
+             f"{m['one half p99']:.2f} ms ({m['one a sat'] / 2:.0f} ops/s) | |",
              *three_rows("three", "default workers", m, sats, halves),
              *three_rows("three1", "`--worker-threads 1`", m, sats, halves),
              f"| RSS after {BIG:,} keys of 1 KiB, dynakv / sled (target ≤ 1.5) | {mem['dynakv']:.0f} / "
