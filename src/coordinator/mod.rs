@@ -510,13 +510,17 @@ impl Gather {
         }
     }
 
+    /// Whether a replica whose copy is `copy` differs from the merge.
+    fn differs(&self, copy: &Known) -> bool {
+        match copy {
+            Known::Record(rec) => rec.as_ref() != Some(&self.merged),
+            Known::Digest(d) => *d != self.current,
+        }
+    }
+
     /// Whether a replica that counted differs from the merge.
     fn behind(&self) -> bool {
-        !self.merged.is_empty()
-            && self.known.iter().any(|(_, copy)| match copy {
-                Known::Record(rec) => rec.as_ref() != Some(&self.merged),
-                Known::Digest(d) => *d != self.current,
-            })
+        !self.merged.is_empty() && self.known.iter().any(|(_, copy)| self.differs(copy))
     }
 
     /// Waits for the rest of the replies (until `deadline`), then repairs
@@ -532,11 +536,7 @@ impl Gather {
             return;
         }
         for (id, copy) in std::mem::take(&mut self.known) {
-            let behind = match copy {
-                Known::Record(rec) => rec.as_ref() != Some(&self.merged),
-                Known::Digest(d) => d != self.current,
-            };
-            if !behind {
+            if !self.differs(&copy) {
                 continue;
             }
             self.node.metrics().read_repairs.inc();
