@@ -28,7 +28,6 @@
 pub mod token;
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,10 +42,14 @@ pub struct Dot {
 
 /// A vector clock: for each node, the highest counter of it that was seen.
 ///
-/// Kept in a `BTreeMap` so there is one canonical order for encoding and
-/// comparison; zero entries are never stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VersionVector(BTreeMap<String, u64>);
+/// Kept as a vector sorted by node id, so there is one canonical order for
+/// encoding and comparison; zero entries are never stored. It encodes as a
+/// map (what a `BTreeMap` of the same entries encodes to, byte for byte):
+/// a clock names a handful of nodes, and a sorted vector clones, drops and
+/// decodes with one allocation for its entries where a `BTreeMap` takes a
+/// node of room for eleven.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct VersionVector(Vec<(String, u64)>);
 
 /// How two clocks relate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,9 +79,13 @@ impl VersionVector {
         vv
     }
 
+    fn find(&self, node: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(node))
+    }
+
     /// The highest counter seen for `node` (0 if none).
     pub fn get(&self, node: &str) -> u64 {
-        self.0.get(node).copied().unwrap_or(0)
+        self.find(node).map_or(0, |i| self.0[i].1)
     }
 
     /// Whether this clock has seen `dot`.
@@ -91,24 +98,22 @@ impl VersionVector {
         if counter == 0 {
             return;
         }
-        match self.0.get_mut(node) {
-            Some(c) => *c = (*c).max(counter),
-            None => {
-                self.0.insert(node.to_string(), counter);
-            }
+        match self.find(node) {
+            Ok(i) => self.0[i].1 = self.0[i].1.max(counter),
+            Err(i) => self.0.insert(i, (node.to_string(), counter)),
         }
     }
 
     /// Pointwise maximum with `other`.
     pub fn join(&mut self, other: &VersionVector) {
-        for (node, &counter) in &other.0 {
-            self.witness(node, counter);
+        for (node, counter) in &other.0 {
+            self.witness(node, *counter);
         }
     }
 
     /// Whether this clock has seen everything `other` has.
     pub fn descends(&self, other: &VersionVector) -> bool {
-        other.0.iter().all(|(node, &c)| self.get(node) >= c)
+        other.0.iter().all(|(node, c)| self.get(node) >= *c)
     }
 
     /// Compares two clocks.
@@ -123,7 +128,7 @@ impl VersionVector {
 
     /// The (node, counter) entries in canonical (node id) order.
     pub fn entries(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.0.iter().map(|(n, &c)| (n.as_str(), c))
+        self.0.iter().map(|(n, c)| (n.as_str(), *c))
     }
 
     /// Whether the clock has seen nothing.
@@ -134,6 +139,50 @@ impl VersionVector {
     /// Number of nodes in the clock.
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+}
+
+impl std::fmt::Debug for VersionVector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.entries()).finish()
+    }
+}
+
+impl Serialize for VersionVector {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.entries())
+    }
+}
+
+impl<'de> Deserialize<'de> for VersionVector {
+    /// Reads a map as a `BTreeMap` would: entries in node order, the last of
+    /// a repeated node kept (what this code writes is sorted and unique
+    /// already, and is taken as it comes).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = VersionVector;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of node ids to counters")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<VersionVector, A::Error> {
+                let mut entries: Vec<(String, u64)> = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
+                    // Stable: of equal ids the last stays last; keep it.
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                    entries.reverse();
+                    entries.dedup_by(|later, earlier| later.0 == earlier.0);
+                    entries.reverse();
+                }
+                Ok(VersionVector(entries))
+            }
+        }
+        d.deserialize_map(Entries)
     }
 }
 

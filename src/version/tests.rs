@@ -306,3 +306,32 @@ fn a_stale_writer_does_not_claim_its_nodes_other_sibling() {
     assert_eq!(again.len(), 2);
     assert!(again.values().iter().any(|v| v.payload == 1));
 }
+
+proptest! {
+    /// A clock encodes byte for byte as the `BTreeMap` of its entries (what
+    /// it was before it became a sorted vector) and decodes back to itself;
+    /// a map with its entries in any order, repeats included, decodes as a
+    /// `BTreeMap` reads it (sorted, the last of a repeated node kept).
+    #[test]
+    fn a_clock_encodes_and_decodes_as_the_map_of_its_entries(
+        entries in proptest::collection::vec((0..3usize, 1..100u64), 0..8),
+    ) {
+        let entries: Vec<(String, u64)> = entries.into_iter().map(|(n, c)| (NODES[n].to_string(), c)).collect();
+        let vv = VersionVector::from_entries(entries.clone());
+        let mut max = std::collections::BTreeMap::new();
+        for (n, c) in &entries {
+            let e = max.entry(n.clone()).or_insert(0);
+            *e = (*e).max(*c);
+        }
+        let bytes = postcard::to_allocvec(&vv).unwrap();
+        prop_assert_eq!(&bytes, &postcard::to_allocvec(&max).unwrap());
+        prop_assert_eq!(postcard::from_bytes::<VersionVector>(&bytes).unwrap(), vv);
+        let json = format!("{{{}}}", entries.iter().map(|(n, c)| format!("\"{n}\":{c}")).collect::<Vec<_>>().join(","));
+        let as_map: std::collections::BTreeMap<String, u64> = serde_json::from_str(&json).unwrap();
+        let as_clock: VersionVector = serde_json::from_str(&json).unwrap();
+        prop_assert_eq!(
+            as_clock.entries().map(|(n, c)| (n.to_string(), c)).collect::<Vec<_>>(),
+            as_map.into_iter().collect::<Vec<_>>()
+        );
+    }
+}
