@@ -129,6 +129,11 @@ def measure(servers, level=None):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def label(binary):
+    """A binary's path as a results table names it."""
+    return os.path.relpath(binary, common.ROOT) if binary.startswith(common.ROOT) else binary
+
+
 def node(binary, i):
     args = [binary, "--listen", "127.0.0.1:{port}", "--data-dir", f"{{root}}/n{i}", "--node-id", f"n{i}"]
     return args + (["--seeds", "{seed}", *SLOW] if i > 1 else SLOW)
@@ -166,7 +171,7 @@ def main():
         + " | ".join("1.00" for _ in WORKLOADS) + " |",
     ]
     for binary, r in rows:
-        name = os.path.relpath(binary, common.ROOT) if binary.startswith(common.ROOT) else binary
+        name = label(binary)
         lines.append(f"| dynakv `{name}` | " + " | ".join(f"{r[w][0]:,.0f}" for w, _ in WORKLOADS) + " | "
                      + " | ".join(f"{r[w][0] / sled[w][0]:.2f}" for w, _ in WORKLOADS) + " |")
     text = "\n".join(lines) + "\n"
@@ -176,7 +181,6 @@ def main():
 
 def three(a):
     rows = [(b, measure([node(b, i) for i in (1, 2, 3)], level="quorum")) for b in a.binaries]
-    name = lambda b: os.path.relpath(b, common.ROOT) if b.startswith(common.ROOT) else b  # noqa: E731
     lines = [
         "## Instructions per request, three nodes (`bench/instructions.py --nodes 3`)",
         "",
@@ -190,7 +194,7 @@ def three(a):
         "|---" * (1 + len(WORKLOADS)) + "|",
     ]
     for b, r in rows:
-        lines.append(f"| `{name(b)}` | " + " | ".join(f"{r[w][0]:,.0f}" for w, _ in WORKLOADS) + " |")
+        lines.append(f"| `{label(b)}` | " + " | ".join(f"{r[w][0]:,.0f}" for w, _ in WORKLOADS) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     common.write_section(a.out if a.out != "instructions.md" else "instructions-3.md", text)
