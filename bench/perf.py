@@ -16,7 +16,9 @@ both load generators (dynakv-bench and wrk):
   dynakv-bench runs, which shows where a gap comes from even when the load
   generator and the server compete for the same cores.
 
-Medians of RUNS runs of DUR, alternating targets. Writes
+Medians of RUNS runs of DUR; each run measures every target in turn, both
+three-node clusters included, so a ratio compares figures taken minutes
+apart, whatever the machine's speed does over the script. Writes
 bench/results/perf.md. wrk is installed with apt-get when missing.
 """
 
@@ -118,6 +120,19 @@ def main():
         for u in urls.values():
             common.wait_http(u + "/health")
             common.preload([u], KEYS)
+        # Three nodes as they start by default (two workers each on this
+        # machine's two cores), and three with one worker each: whether
+        # fewer workers help when three nodes and the load generator share
+        # them. Both clusters run beside the single servers, and every run
+        # measures every target in turn: a ratio of three nodes to one then
+        # compares figures taken minutes apart at most, not in two phases of
+        # the script (the machine's speed drifts: a run where it slowed down
+        # between the phases showed three nodes at 0.50x one node, against
+        # 0.38x when measured together).
+        clusters = {}
+        for tag, extra in (("three", ()), ("three1", ("--worker-threads", "1"))):
+            clusters[tag], _ = common.start_dynakv(procs, 3, os.path.join(root, tag), extra=extra)
+            common.preload(clusters[tag], KEYS, level="quorum")
         for run in range(RUNS):
             for name in ("memory", "sled", "one"):
                 for op, workload in (("put", "write"), ("get", "c")):
@@ -126,40 +141,30 @@ def main():
                     add(f"{name} {op} cpu", us)
                 add(f"{name} put wrk", wrk(urls[name], "put"))
                 add(f"{name} get wrk", wrk(urls[name], "get"))
+                add(f"{name} a sat", gen([urls[name]], "a")[0])
             for name in ("sled-sync", "sync"):
                 add(f"{name} put gen", gen([urls[name]], "write")[0])
                 add(f"{name} put wrk", wrk(urls[name], "put"))
-            print(f"run {run}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in sorted(res.items())), flush=True)
-        # What this machine allows: the p99 of each one-process server at
-        # half its own saturation, measured as for three nodes below.
-        for name in ("memory", "sled", "one"):
-            for _ in range(RUNS):
-                add(f"{name} a sat", gen([urls[name]], "a")[0])
-            sat = statistics.median(res[f"{name} a sat"])
-            for _ in range(RUNS):
-                rep = common.bench([urls[name]], "a", KEYS, 32, DUR, "1s", rate=round(sat / 2))
-                add(f"{name} half p99", rep["total"]["p99_ms"])
-        procs.stop()
-
-        # Three nodes as they start by default (two workers each on this
-        # machine's two cores), then with one worker each: whether fewer
-        # workers help when three nodes and the load generator share them.
-        sats, halves = {}, {}
-        for tag, extra in (("three", ()), ("three1", ("--worker-threads", "1"))):
-            three, _ = common.start_dynakv(procs, 3, os.path.join(root, tag), extra=extra)
-            common.preload(three, KEYS, level="quorum")
-            for run in range(RUNS):
+            for tag, three in clusters.items():
                 add(f"{tag} put gen", gen(three, "write", "quorum")[0])
                 add(f"{tag} get gen", gen(three, "c", "quorum")[0])
                 add(f"{tag} put wrk", wrk(three[0], "put", "?w=quorum"))
                 add(f"{tag} get wrk", wrk(three[0], "get", "?r=quorum"))
                 add(f"{tag} a sat", gen(three, "a", "quorum")[0])
-            sats[tag] = statistics.median(res[f"{tag} a sat"])
-            halves[tag] = []
-            for run in range(RUNS):
-                rep = common.bench(three, "a", KEYS, 32, DUR, "1s", level="quorum", rate=round(sats[tag] / 2))
-                halves[tag].append(rep["total"]["p99_ms"])
-            procs.stop()
+            print(f"run {run}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in sorted(res.items())), flush=True)
+        # p99 at half saturation (open loop, workload A), of three nodes
+        # and, for what this machine allows any server, of the single ones.
+        sats, halves = {}, {}
+        targets = {"memory": ([urls["memory"]], None), "sled": ([urls["sled"]], None), "one": ([urls["one"]], None),
+                   **{tag: (three, "quorum") for tag, three in clusters.items()}}
+        for name in targets:
+            sats[name] = statistics.median(res[f"{name} a sat"])
+            halves[name] = []
+        for run in range(RUNS):
+            for name, (target, level) in targets.items():
+                rep = common.bench(target, "a", KEYS, 32, DUR, "1s", level=level, rate=round(sats[name] / 2))
+                halves[name].append(rep["total"]["p99_ms"])
+        procs.stop()
 
         mem = {}
         for name, args in (("sled", [common.BENCH, "baseline", "--backend", "sled"]), ("dynakv", [common.DYNAKV])):
@@ -181,7 +186,7 @@ def main():
     m = {k: statistics.median(v) for k, v in res.items()}
     lines = ["## Performance (`bench/perf.py`)\n",
              f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. One run, medians of "
-             f"{RUNS} alternating runs of {DUR}, 32 connections, {KEYS:,} keys of 1 KiB, closed loop; every "
+             f"{RUNS} runs of {DUR}, each run measuring every target in turn (both clusters included), 32 connections, {KEYS:,} keys of 1 KiB, closed loop; every "
              "server and the load generator share the 2 cores. `gen` is dynakv-bench (hyper, one connection per "
              "worker), `wrk` is wrk 2 threads with a Lua script picking random keys.\n",
              "| | dynakv-bench | wrk |", "|---|---|---|",
@@ -205,9 +210,9 @@ def main():
              f"| `--sync-writes` / flushing sled (target ≥ 0.8) | {m['sync put gen'] / m['sled-sync put gen']:.2f} | "
              f"{m['sync put wrk'] / m['sled-sync put wrk']:.2f} |",
              "| p99 at half saturation, one process (workload A, open loop): in-memory baseline, sled baseline, "
-             f"1 node | {m['memory half p99']:.2f} ms ({m['memory a sat'] / 2:.0f} ops/s), "
-             f"{m['sled half p99']:.2f} ms ({m['sled a sat'] / 2:.0f} ops/s), "
-             f"{m['one half p99']:.2f} ms ({m['one a sat'] / 2:.0f} ops/s) | |",
+             f"1 node | {statistics.median(halves['memory']):.2f} ms ({sats['memory'] / 2:.0f} ops/s), "
+             f"{statistics.median(halves['sled']):.2f} ms ({sats['sled'] / 2:.0f} ops/s), "
+             f"{statistics.median(halves['one']):.2f} ms ({sats['one'] / 2:.0f} ops/s) | |",
              *three_rows("three", "default workers", m, sats, halves),
              *three_rows("three1", "`--worker-threads 1`", m, sats, halves),
              f"| RSS after {BIG:,} keys of 1 KiB, dynakv / sled (target ≤ 1.5) | {mem['dynakv']:.0f} / "
