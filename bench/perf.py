@@ -127,8 +127,8 @@ def main():
         # measures every target in turn: a ratio of three nodes to one then
         # compares figures taken minutes apart at most, not in two phases of
         # the script (the machine's speed drifts: a run where it slowed down
-        # between the phases showed three nodes at 0.50x one node, against
-        # 0.38x when measured together).
+        # between the phases showed three nodes at 0.50x one node for PUT,
+        # against 0.38x and 0.39x in the runs before and after it).
         clusters = {}
         for tag, extra in (("three", ()), ("three1", ("--worker-threads", "1"))):
             clusters[tag], _ = common.start_dynakv(procs, 3, os.path.join(root, tag), extra=extra)
