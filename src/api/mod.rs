@@ -67,7 +67,9 @@ pub fn router(node: Arc<Node>) -> Router {
     // boxed future per request and level), so one composite layer costs a
     // request one level instead of one per layer. Outermost first: every
     // request is observed (metrics, JSON 405s), then authenticated where
-    // that applies, then admitted by its budget, then its body limited.
+    // that applies, then admitted by its budget, then its body limited; the
+    // admin route checks its bearer last, inside budget and body limit, as
+    // it did before the groups were composed.
     let internal = Router::new()
         .route(Route::Batch.path(), post(internal::batch))
         .route(Route::Hint.path(), post(internal::hint))

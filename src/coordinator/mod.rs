@@ -205,10 +205,6 @@ impl<T: Send + 'static> Finishing<T> {
     async fn next(&mut self) -> Option<T> {
         self.futs.next().await
     }
-
-    fn is_empty(&self) -> bool {
-        self.futs.is_empty()
-    }
 }
 
 impl<T: Send + 'static> Drop for Finishing<T> {
@@ -526,7 +522,7 @@ impl Gather {
     /// Waits for the rest of the replies (until `deadline`), then repairs
     /// every replica that differs from the merge.
     async fn finish(mut self, deadline: Instant) {
-        while !self.tally.complete() && !self.replies.is_empty() {
+        while !self.tally.complete() {
             match tokio::time::timeout_at(deadline, self.replies.next()).await {
                 Ok(Some(reply)) => self.take(reply),
                 Ok(None) | Err(_) => break,
