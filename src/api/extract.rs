@@ -69,6 +69,9 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
         let level = level(node, &q, writes)?;
         let (ttl, context) = if writes { (ttl(&q)?, context(&parts.headers)?) } else { (None, None) };
         let content_type = if parts.method == Method::PUT { content_type(&parts.headers)? } else { String::new() };
+        if parts.method == Method::PUT {
+            declared_size(node, &parts.headers)?;
+        }
         let uri = parts.extensions.get::<OriginalUri>().map(|o| &o.0).unwrap_or(&parts.uri);
         let forward_headers = [header::CONTENT_TYPE, header::ACCEPT, X_CONTEXT]
             .into_iter()
@@ -132,7 +135,12 @@ pub fn ttl(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
     match q.get("ttl") {
         None => Ok(None),
         Some(v) => match v.parse::<u64>() {
-            Ok(s) if (1..=MAX_TTL_SECS).contains(&s) && v.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(s)),
+            // Digits only, no leading zero (openapi.yaml's pattern).
+            Ok(s)
+                if (1..=MAX_TTL_SECS).contains(&s) && v.bytes().all(|b| b.is_ascii_digit()) && !v.starts_with('0') =>
+            {
+                Ok(Some(s))
+            }
             _ => Err(ApiError::InvalidTtl(v.clone())),
         },
     }
@@ -167,6 +175,18 @@ fn is_media_type(s: &str) -> bool {
         |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     let essence = s.split(';').next().unwrap_or("").trim();
     essence.split_once('/').is_some_and(|(t, sub)| token(t) && token(sub))
+}
+
+/// 413 at once for a value whose declared `Content-Length` is past
+/// `--max-value-bytes`: nothing of it is read, and the client does not wait
+/// for a deadline while it sends (or never sends) the rest.
+fn declared_size(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let limit = node.cfg().max_value_bytes;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => Err(ApiError::ValueTooLarge { limit }),
+        _ => Ok(()),
+    }
 }
 
 /// The request body, or 413 past `--max-value-bytes`.

@@ -66,37 +66,35 @@ pub fn router(node: Arc<Node>) -> Router {
     // boxes every route once per call (a clone of the boxed service and a
     // boxed future per request and level), so one composite layer costs a
     // request one level instead of one per layer. Outermost first: every
-    // request is observed (metrics, JSON 405s), then authenticated where
-    // that applies, then admitted by its budget, then its body limited; the
-    // admin route checks its bearer last, inside budget and body limit, as
-    // it did before the groups were composed.
+    // request is observed (metrics, JSON 405s), then admitted by its budget,
+    // then its body limited. The secret (internal routes) and the bearer
+    // (the admin route) are checked last, as layers of the method's own
+    // handler: they run only once path and method matched, so a wrong
+    // method is a 405 whether or not the caller knows the secret.
     let internal = Router::new()
-        .route(Route::Batch.path(), post(internal::batch))
-        .route(Route::Hint.path(), post(internal::hint))
-        .route(Route::AntiEntropy.path(), post(internal::anti_entropy))
-        .route(Route::Transfer.path(), post(internal::transfer))
+        .route(Route::Batch.path(), post(internal::batch).route_layer(secret.clone()))
+        .route(Route::Hint.path(), post(internal::hint).route_layer(secret.clone()))
+        .route(Route::AntiEntropy.path(), post(internal::anti_entropy).route_layer(secret.clone()))
+        .route(Route::Transfer.path(), post(internal::transfer).route_layer(secret.clone()))
         .layer(
             ServiceBuilder::new()
                 .layer(observe.clone())
-                .layer(secret.clone())
                 .layer(internal_budget)
                 .layer(DefaultBodyLimit::max(internal_limit)),
         );
-    let gossip = Router::new().route(Route::Gossip.path(), post(internal::gossip)).layer(
-        ServiceBuilder::new()
-            .layer(observe.clone())
-            .layer(secret)
-            .layer(DefaultBodyLimit::max(internal::MAX_GOSSIP_BYTES)),
-    );
+    let gossip = Router::new()
+        .route(Route::Gossip.path(), post(internal::gossip).route_layer(secret))
+        .layer(ServiceBuilder::new().layer(observe.clone()).layer(DefaultBodyLimit::max(internal::MAX_GOSSIP_BYTES)));
     // Routes that change the cluster: with --cluster-secret they need
     // `Authorization: Bearer <secret>` (SPEC §3, "Admin routes").
-    let admin = Router::new().route("/cluster/leave", post(cluster::leave)).layer(
-        ServiceBuilder::new()
-            .layer(observe.clone())
-            .layer(client_budget.clone())
-            .layer(DefaultBodyLimit::max(body_limit))
-            .layer(cluster::require_admin(cfg.cluster_secret.clone())),
-    );
+    let admin = Router::new()
+        .route("/cluster/leave", post(cluster::leave).route_layer(cluster::require_admin(cfg.cluster_secret.clone())))
+        .layer(
+            ServiceBuilder::new()
+                .layer(observe.clone())
+                .layer(client_budget.clone())
+                .layer(DefaultBodyLimit::max(body_limit)),
+        );
     let client = Router::new()
         .route("/kv/{key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/cluster/replicas/{key}", get(cluster::replicas))

@@ -46,7 +46,12 @@ impl Level {
             "async" if writes => Ok(Level::Async),
             _ => {
                 let allowed = if writes { "async, quorum, all or 1..N" } else { "quorum, all or 1..N" };
-                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                // Digits without a leading zero (openapi.yaml's pattern); a
+                // lone "0" is out of range.
+                if value.is_empty()
+                    || !value.bytes().all(|b| b.is_ascii_digit())
+                    || value.len() > 1 && value.starts_with('0')
+                {
                     return Err(LevelError::Unknown { param, value: value.to_string(), allowed });
                 }
                 match value.parse::<u64>() {
@@ -195,7 +200,7 @@ mod tests {
         assert!(matches!(Level::parse("0", true), Err(LevelError::OutOfRange { .. })));
         assert!(matches!(Level::parse("10000000000", true), Err(LevelError::OutOfRange { .. })));
         assert!(matches!(Level::parse("99999999999999999999999", true), Err(LevelError::OutOfRange { .. })));
-        for bad in ["-1", "+1", "1.0", "", " 1", "QUORUM"] {
+        for bad in ["-1", "+1", "1.0", "", " 1", "QUORUM", "01", "002"] {
             assert!(matches!(Level::parse(bad, true), Err(LevelError::Unknown { .. })), "{bad:?}");
         }
     }

@@ -2,6 +2,7 @@
 //! error body, stores nothing, and the node keeps serving.
 
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::Server;
 
@@ -50,6 +51,26 @@ async fn values_over_the_limit_are_413_and_not_stored() {
     let r = s.http.put(s.at("/kv/big")).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
     assert_error(r, 413, "value_too_large").await;
     assert_nothing_stored(&s, "big").await;
+    // A declared length past the limit is refused before any of the body
+    // is read, not left to wait for a body that may never come (the
+    // deadline would answer 503). No body byte is sent, so nothing unread
+    // is left to turn the node's close into a reset.
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"PUT /kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000000\r\n\r\n").await.unwrap();
+    let mut head = String::new();
+    let mut chunk = [0u8; 4096];
+    while !head.contains("value_too_large") {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(60), c.read(&mut chunk));
+        let n = read.await.expect("an answer").unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        head.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("value_too_large"), "{head}");
+    assert_nothing_stored(&s, "big").await;
     let r = s.http.put(s.at("/kv/ok")).body(vec![b'x'; 1024]).send().await.unwrap();
     assert_eq!(r.status(), 204);
 }
@@ -92,7 +113,9 @@ async fn unknown_r_w_and_ttl_values_are_400() {
         "w=",
         "w=1.5",
         "w=10000000000",
+        "w=02",
         "ttl=0",
+        "ttl=010",
         "ttl=-5",
         "ttl=abc",
         "ttl=1.5",
@@ -103,7 +126,7 @@ async fn unknown_r_w_and_ttl_values_are_400() {
         let code = if q.starts_with('w') { "invalid_quorum" } else { "invalid_ttl" };
         assert_error(r, 400, code).await;
     }
-    for q in ["r=0", "r=async", "r=x", "r=-2"] {
+    for q in ["r=0", "r=async", "r=x", "r=-2", "r=01"] {
         let r = s.http.get(s.at(&format!("/kv/q?{q}"))).send().await.unwrap();
         assert_error(r, 400, "invalid_quorum").await;
     }

@@ -385,6 +385,13 @@ async fn cluster_secret_guards_internal_routes() {
         assert_eq!(r.status(), 401);
     }
     assert_eq!(s.get("victim").await.0, 404, "nothing stored");
+    // A wrong method is a 405 with or without the secret: the method is
+    // checked before the secret (as for every route).
+    for path in ["/internal/batch", "/internal/gossip", "/cluster/leave"] {
+        let r = s.http.get(s.at(path)).send().await.unwrap();
+        assert_eq!(r.status(), 405, "{path}");
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "method_not_allowed", "{path}");
+    }
     // With the secret the same body is accepted.
     let r = s.http.post(s.at("/internal/batch")).header("x-dynakv-secret", "s3cret").body(body).send().await.unwrap();
     assert_eq!(r.status(), 200);
