@@ -73,6 +73,10 @@ pub struct Node {
     logged: Mutex<HashSet<String>>,
     /// Whether gossip from another member was heard since start.
     heard_cluster: AtomicBool,
+    /// Started on a new data dir with no seeds and no members known, so it
+    /// took every partition as its own; cleared once gossip shows whether
+    /// that was a new cluster or a wiped member (see `apply_gossip`).
+    started_alone: AtomicBool,
     /// Whether `--seeds` names any node (kept, not re-parsed per request).
     has_seeds: bool,
     /// Which partitions this node holds, receives and hands off; persisted.
@@ -104,9 +108,11 @@ impl Node {
         let remembered: Vec<Digest> =
             storage.members()?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         table.restore(&remembered, SystemTime::now());
+        let mut started_alone = false;
         let ownership = match storage.ownership()? {
             Some(bytes) => serde_json::from_slice::<Ownership>(&bytes).unwrap_or_default().restarted(),
             None if cfg.seed_urls().is_empty() && remembered.iter().all(|d| d.id == id) => {
+                started_alone = true;
                 Ownership::alone(cfg.partitions)
             }
             None => Ownership::joining(),
@@ -128,6 +134,7 @@ impl Node {
             workers: worker::Registry::default(),
             logged: Mutex::default(),
             heard_cluster: AtomicBool::new(false),
+            started_alone: AtomicBool::new(started_alone),
             has_seeds: !cfg.seed_urls().is_empty(),
             ownership: Mutex::new(ownership),
             cfg,
@@ -243,6 +250,7 @@ impl Node {
         Timeouts {
             suspect_after: Duration::from_millis(self.cfg.suspect_after()),
             dead_after: Duration::from_millis(self.cfg.dead_after_ms),
+            interval: Duration::from_millis(self.cfg.gossip_interval_ms),
         }
     }
 
@@ -327,12 +335,24 @@ impl Node {
     pub fn apply_gossip(&self, digests: &[Digest]) {
         let mut conflicts = Vec::new();
         let mut overflow = 0;
+        let mut earlier_run = false;
         self.update_members(|t| {
             let changed = t.merge(digests, SystemTime::now());
             conflicts = t.take_conflicts();
             overflow = t.take_overflow();
+            earlier_run = t.take_earlier_run();
             changed
         });
+        if earlier_run && self.started_alone.swap(false, Ordering::SeqCst) {
+            // A wiped member started without seeds (typically the first
+            // node, the others' seed): it is not a new cluster's only node,
+            // and its empty partitions must not pass for complete copies.
+            tracing::warn!(
+                "this node's id was a member before this data dir existed (a wiped disk): \
+                 it gives up the partitions it took as its own and refills them like a joining node"
+            );
+            self.update_ownership(Ownership::forget_held);
+        }
         if overflow > 0 {
             self.log_once("member table full".into(), || {
                 tracing::error!(
@@ -434,7 +454,11 @@ impl Node {
         if !self.knows_cluster() {
             return Some("has not heard from any member of the cluster yet".into());
         }
-        let (inbound, _) = self.ownership(|o| o.counts());
+        // Inbound, not yet taken up by the transfer worker, or held from
+        // before a restart and not yet verified: every partition this node
+        // cannot vouch for.
+        let view = self.view();
+        let inbound = (0..self.cfg.partitions).filter(|p| self.receiving(&view, *p)).count();
         (inbound > 0).then(|| format!("receiving {inbound} partition(s) it owns"))
     }
 

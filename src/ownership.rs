@@ -89,12 +89,32 @@ impl Ownership {
         self
     }
 
+    /// Whether the partitions held before a restart still wait for their
+    /// first reconcile (which makes the owned ones `Sync`).
+    pub fn verifying(&self) -> bool {
+        self.verify
+    }
+
+    /// Forgets every partition held: this node's data dir is new, yet its
+    /// id was a member before (gossip names it with a heartbeat of an
+    /// earlier run), so what it took for the whole of a new cluster is a
+    /// wiped member's empty copy. The next reconcile makes each partition
+    /// it owns inbound, so it refills like a joining node.
+    pub fn forget_held(&mut self) {
+        self.held.clear();
+        self.outbound.clear();
+    }
+
     /// What `partition` is to this node.
     pub fn standing(&self, partition: u32) -> Standing {
         if let Some(i) = self.inbound.get(&partition) {
             Standing::Inbound(i.mode)
         } else if self.outbound.contains(&partition) {
             Standing::Outbound
+        } else if self.verify && self.held.contains(&partition) {
+            // Until the first reconcile takes it up: a copy from before a
+            // restart is not vouched for, not even for that short while.
+            Standing::Inbound(Mode::Sync)
         } else if self.held.contains(&partition) {
             Standing::Held
         } else {
@@ -215,7 +235,11 @@ mod tests {
     #[test]
     fn a_restart_verifies_what_it_held_and_a_lost_partition_is_handed_off() {
         let mut o = Ownership::alone(3).restarted();
+        // Before the first reconcile nothing held is vouched for either.
+        assert!(o.verifying());
+        assert_eq!(o.standing(2), Standing::Inbound(Mode::Sync));
         o.reconcile(3, |p| p != 2, |_| true);
+        assert!(!o.verifying());
         assert_eq!(o.standing(0), Standing::Inbound(Mode::Sync));
         assert_eq!(o.standing(2), Standing::Outbound);
         assert!(o.holds(0), "a stale copy is still a holder's copy");
@@ -228,6 +252,20 @@ mod tests {
         o.dropped(1);
         assert_eq!(o.standing(1), Standing::None);
         assert_eq!(o.counts(), (0, 1));
+    }
+
+    #[test]
+    fn a_wiped_member_that_started_alone_refills_what_it_owns() {
+        let mut o = Ownership::alone(4);
+        assert_eq!(o.standing(0), Standing::Held);
+        o.forget_held();
+        // Partition 1 took writes while it thought itself alone: it syncs;
+        // the others stream; 3 is no longer its and holds nothing.
+        assert!(o.reconcile(4, |p| p < 3, |p| p == 1));
+        assert_eq!(o.standing(0), Standing::Inbound(Mode::Stream));
+        assert_eq!(o.standing(1), Standing::Inbound(Mode::Sync));
+        assert_eq!(o.standing(3), Standing::None);
+        assert!(!o.holds(0), "not a source for others");
     }
 
     #[test]

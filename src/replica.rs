@@ -322,6 +322,7 @@ mod tests {
         let timeouts = crate::membership::Timeouts {
             suspect_after: Duration::from_millis(500),
             dead_after: Duration::from_millis(1000),
+            interval: Duration::from_millis(100),
         };
         let (_, view) = m.update(|t| {
             for i in 1..=30u64 {

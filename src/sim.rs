@@ -42,7 +42,11 @@ impl SimConfig {
             nodes,
             params: RingParams { partitions: 64, vnodes: 16, replicas: 3 },
             interval: Duration::from_millis(1000),
-            timeouts: Timeouts { suspect_after: Duration::from_millis(5000), dead_after: Duration::from_millis(15000) },
+            timeouts: Timeouts {
+                suspect_after: Duration::from_millis(5000),
+                dead_after: Duration::from_millis(15000),
+                interval: Duration::from_millis(1000),
+            },
             seed: 7,
         }
     }

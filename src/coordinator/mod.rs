@@ -97,12 +97,24 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
     let me = node.id();
     let me_in_pref = set.owners.iter().any(|id| id == me);
     let storage = node.storage();
+    // A node still receiving the partition (a forwarded write reached it: a
+    // joining or wiped node is first among the live owners) takes in a
+    // holder's copy first, so the new version is built over what the
+    // cluster holds, as on a holder: a blind write then supersedes the
+    // key's versions instead of standing beside them as a sibling. With no
+    // holder answering it writes over its own copy, as before.
+    if node.receiving(&view, partition) {
+        if let Ok(Some(copy)) = replica::local_read(node, &view, partition, &w.key).await {
+            storage.merge(partition, &w.key, &copy)?;
+        }
+    }
     let floor = storage.dot_floor();
+    let run_floor = storage.run_floor();
     let limit = node.cfg().max_siblings as usize;
 
     let compute = |current: Option<Record>| {
         let current = current.unwrap_or_default();
-        let (next, clock) = new_version(&current, w.context.as_ref(), me, floor, w.content.clone());
+        let (next, clock) = new_version(&current, w.context.as_ref(), me, (floor, run_floor), w.content.clone());
         // A write that leaves fewer versions than before is never refused.
         if next.len() > limit && next.len() >= current.len() {
             return Err(CoordError::TooManySiblings { limit, would: next.len() });
@@ -265,18 +277,22 @@ async fn send_one(
 /// a value written after an expiry replaces the expired one rather than
 /// standing beside it as an invisible sibling.
 ///
-/// Dots come from [`next_dot`]. When this node holds nothing of the key (a
-/// new key, or one purged after a delete or an expiry), the context claims
-/// every counter below the new dot as seen: that supersedes any leftover of
-/// the key's earlier life on a stale replica (none is live: it was purged
-/// here only once dead everywhere).
+/// Dots come from [`next_dot`] (`floors`: the highest counter issued, and
+/// the floor when this run started). When the new dot jumps to the floor
+/// (this node holds nothing of the key, or nothing of it from this run) and
+/// the write supersedes every version of this node held here, the context
+/// claims every counter of this node below the new dot as seen, as a blind
+/// write claims what the coordinator holds: this keeps the context one
+/// vector entry instead of a cloud that grows with every write, and
+/// supersedes leftovers of the key's earlier life on a stale replica.
 pub fn new_version(
     current: &Record,
     context: Option<&Context>,
     node: &str,
-    floor: u64,
+    floors: (u64, u64),
     content: Content,
 ) -> (Record, Context) {
+    let (floor, run_floor) = floors;
     let held = current.context();
     let mut ctx = context.cloned().unwrap_or_else(|| held.clone());
     let now = content.timestamp_ms;
@@ -284,10 +300,16 @@ pub fn new_version(
         ctx.add(v.dot.clone());
         ctx.join(&v.context);
     }
-    let dot = next_dot(&held, &ctx, node, floor);
-    if held.max_of(node) == 0 {
-        // Nothing of this node is live for the key: claim its earlier
-        // counters, so leftovers of a purged life are superseded.
+    let dot = next_dot(&held, &ctx, node, floor, run_floor);
+    let mine = held.max_of(node);
+    let jumped = mine == 0 || mine < run_floor;
+    // A version of this node's held here and not in the writer's context
+    // stays a sibling: no claim then (the dot waits in the cloud until a
+    // write resolves the siblings).
+    let supersedes_own = current.values().iter().all(|v| v.dot.node != node || ctx.covers(&v.dot));
+    if jumped && supersedes_own {
+        // The dot jumped: claim the counters below it, so the vector
+        // absorbs it.
         ctx.witness(node, dot.counter - 1);
     }
     let next = current.update(&ctx, dot.clone(), content);
@@ -593,17 +615,17 @@ mod tests {
 
     #[test]
     fn a_write_after_expiry_replaces_the_expired_value() {
-        let (r, _) = new_version(&Record::new(), None, "a", 0, content("old", 10, Some(20)));
+        let (r, _) = new_version(&Record::new(), None, "a", (0, 0), content("old", 10, Some(20)));
         // A stale context that never saw the expiring value.
-        let (r, _) = new_version(&r, Some(&Context::new()), "b", 0, content("new", 30, None));
+        let (r, _) = new_version(&r, Some(&Context::new()), "b", (0, 0), content("new", 30, None));
         assert_eq!(r.len(), 1);
         assert_eq!(r.values()[0].payload.value, b"new"[..]);
     }
 
     #[test]
     fn the_returned_clock_is_the_new_versions_not_the_keys() {
-        let (r, _) = new_version(&Record::new(), None, "a", 0, content("x", 1, None));
-        let (r, clock) = new_version(&r, Some(&Context::new()), "b", 0, content("y", 2, None));
+        let (r, _) = new_version(&Record::new(), None, "a", (0, 0), content("x", 1, None));
+        let (r, clock) = new_version(&r, Some(&Context::new()), "b", (0, 0), content("y", 2, None));
         assert_eq!(r.len(), 2);
         assert!(!clock.covers(&r.values()[0].dot));
         assert!(clock.covers(&r.values()[1].dot));
@@ -615,7 +637,7 @@ mod tests {
         let mut r = Record::new();
         let mut clock = Context::new();
         for i in 0..50 {
-            let (next, c) = new_version(&r, None, "a", 1_000_000, content("v", i, None));
+            let (next, c) = new_version(&r, None, "a", (1_000_000, 0), content("v", i, None));
             r = next;
             clock = c;
         }
@@ -629,13 +651,13 @@ mod tests {
     fn a_key_written_again_after_a_purge_supersedes_its_earlier_life() {
         // Earlier life: written and deleted via node a; a stale replica still
         // holds the tombstone after a purged its copy.
-        let (live, _) = new_version(&Record::new(), None, "a", 0, content("old", 1, None));
+        let (live, _) = new_version(&Record::new(), None, "a", (0, 0), content("old", 1, None));
         let mut tomb = content("", 2, None);
         tomb.deleted = true;
-        let (stale, _) = new_version(&live, None, "a", 0, tomb);
+        let (stale, _) = new_version(&live, None, "a", (0, 0), tomb);
         let floor = stale.values()[0].dot.counter;
         // New life, from an empty record at a with the node's floor.
-        let (fresh, _) = new_version(&Record::new(), None, "a", floor, content("new", 3, None));
+        let (fresh, _) = new_version(&Record::new(), None, "a", (floor, 0), content("new", 3, None));
         assert!(fresh.values()[0].dot.counter > floor, "no dot of the earlier life is reused");
         let merged = fresh.sync(&stale);
         assert_eq!(merged.len(), 1, "{merged:?}");
@@ -649,14 +671,43 @@ mod tests {
         // node with a fixed id).
         let mut old = Context::new();
         old.witness("a", 5);
-        let (r, clock) = new_version(&Record::new(), Some(&old), "a", 2, content("x", 1, None));
+        let (r, clock) = new_version(&Record::new(), Some(&old), "a", (2, 0), content("x", 1, None));
         assert_eq!(r.values()[0].dot.counter, 6);
         assert!(clock.cloud().is_empty());
     }
 
     #[test]
+    fn a_key_whose_dots_of_this_node_are_all_from_an_earlier_run_gets_a_new_counter() {
+        // Node a wrote v1 (a:5) and v2 (a:6) in an earlier run; its data dir
+        // was wiped and refilled from a replica that had only v1, which
+        // another replica still holds v2 beside. This run's floor is far
+        // above: the next write must not be a:6 again.
+        let (stale, _) = new_version(&Record::new(), None, "a", (4, 0), content("v1", 1, None));
+        assert_eq!(stale.values()[0].dot.counter, 5);
+        let (newer, _) = new_version(&stale, None, "a", (5, 0), content("v2", 2, None));
+        assert_eq!(newer.values()[0].dot.counter, 6);
+        let run_floor = 1 << 40;
+        let (after, clock) = new_version(&stale, None, "a", (run_floor, run_floor), content("v3", 3, None));
+        let dot = &after.values()[0].dot;
+        assert!(dot.counter > run_floor, "{dot:?}");
+        assert!(clock.cloud().is_empty(), "the vector absorbs the jump: {clock:?}");
+        // Merged with the replica holding v2, v3 stands (a blind write
+        // supersedes the key's earlier life, as after a purge).
+        let merged = after.sync(&newer);
+        assert_eq!(merged.len(), 1, "{merged:?}");
+        assert_eq!(merged.values()[0].payload.value, b"v3"[..]);
+        // A writer whose context missed a version of this node held here
+        // makes a sibling of it, jump or not.
+        let (sib, _) = new_version(&stale, Some(&Context::new()), "a", (run_floor, run_floor), content("s", 3, None));
+        assert_eq!(sib.len(), 2, "{sib:?}");
+        // Within the run, consecutive writes stay contiguous.
+        let (next, _) = new_version(&after, None, "a", (dot.counter, run_floor), content("v4", 4, None));
+        assert_eq!(next.values()[0].dot.counter, dot.counter + 1);
+    }
+
+    #[test]
     fn expired_values_are_hidden_but_their_clock_is_kept() {
-        let (r, _) = new_version(&Record::new(), None, "a", 0, content("x", 1, Some(5)));
+        let (r, _) = new_version(&Record::new(), None, "a", (0, 0), content("x", 1, Some(5)));
         let seen = visible(r.clone(), 10);
         assert!(seen.visible.is_empty());
         assert!(seen.context.covers(&r.values()[0].dot));

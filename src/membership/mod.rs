@@ -79,6 +79,9 @@ pub struct Timeouts {
     pub suspect_after: Duration,
     /// No heartbeat progress for this long: dead.
     pub dead_after: Duration,
+    /// How often statuses are refreshed (the gossip interval): a gap of
+    /// that much between refreshes is the rhythm, not a stall.
+    pub interval: Duration,
 }
 
 /// What gossip carries about one member.
@@ -142,6 +145,9 @@ pub struct Table {
     /// New members ignored because the table was full, since the last
     /// [`Table::take_overflow`].
     overflow: u64,
+    /// Whether a merge heard this node's own id with a heartbeat above its
+    /// own (an earlier run's), since the last [`Table::take_earlier_run`].
+    earlier_run: bool,
 }
 
 impl Table {
@@ -160,7 +166,7 @@ impl Table {
                 transfers_out: 0,
             },
         );
-        Self { me: me.to_string(), members, last_refresh: now, conflicts: Vec::new(), overflow: 0 }
+        Self { me: me.to_string(), members, last_refresh: now, conflicts: Vec::new(), overflow: 0, earlier_run: false }
     }
 
     /// Announces this node's transfer counts with its next digests.
@@ -178,6 +184,13 @@ impl Table {
     /// New members ignored because the table was full, since the last call.
     pub fn take_overflow(&mut self) -> u64 {
         std::mem::take(&mut self.overflow)
+    }
+
+    /// Whether gossip showed, since the last call, that this node's id ran
+    /// before with heartbeats above its own: proof that an earlier run of
+    /// this id was a member, which a node on a new data dir did not know.
+    pub fn take_earlier_run(&mut self) -> bool {
+        std::mem::take(&mut self.earlier_run)
     }
 
     /// This node's id.
@@ -203,15 +216,21 @@ impl Table {
     /// heartbeat last advanced. Returns whether any status changed.
     ///
     /// When this node itself was stalled for half the suspect timeout or more
-    /// since the last refresh, that gap is credited to every other member:
+    /// since the last refresh (beyond the regular interval), that stall is
+    /// credited to every other member:
     /// a node resuming from a pause must not declare the healthy cluster dead
     /// and act alone.
     pub fn refresh(&mut self, now: SystemTime, t: Timeouts) -> bool {
         let gap = now.duration_since(self.last_refresh).unwrap_or_default();
         self.last_refresh = now;
-        if gap >= t.suspect_after / 2 {
+        // Only what goes beyond the regular interval is a stall of this
+        // node's own: with an interval of half the suspect timeout or more,
+        // crediting whole gaps would credit every round, and no member
+        // would ever be suspected.
+        let stall = gap.saturating_sub(t.interval);
+        if stall >= t.suspect_after / 2 {
             for m in self.members.values_mut() {
-                m.updated_at += gap;
+                m.updated_at += stall;
             }
         }
         let mut changed = false;
@@ -300,6 +319,7 @@ impl Table {
                 // whose reservation was lost): jump past it.
                 if d.heartbeat > me.heartbeat {
                     me.heartbeat = d.heartbeat.saturating_add(1);
+                    self.earlier_run = true;
                 }
                 continue;
             }
@@ -359,7 +379,11 @@ impl Table {
 mod tests {
     use super::*;
 
-    const T: Timeouts = Timeouts { suspect_after: Duration::from_millis(50), dead_after: Duration::from_millis(150) };
+    const T: Timeouts = Timeouts {
+        suspect_after: Duration::from_millis(50),
+        dead_after: Duration::from_millis(150),
+        interval: Duration::from_millis(10),
+    };
 
     fn d(id: &str, hb: u64) -> Digest {
         Digest {
@@ -471,6 +495,25 @@ mod tests {
     }
 
     #[test]
+    fn a_coarse_interval_still_ages_a_silent_member() {
+        // Refreshes every 60 ms against a 100 ms suspect timeout: the
+        // rhythm itself is no stall, or nobody would ever be suspected.
+        let t = Timeouts {
+            suspect_after: Duration::from_millis(100),
+            dead_after: Duration::from_millis(300),
+            interval: Duration::from_millis(60),
+        };
+        let mut table = Table::new("a", "http://a", 1, at(0));
+        table.merge(&[d("b", 1)], at(0));
+        let mut now = 0;
+        while now < 360 {
+            now += 60;
+            table.refresh(at(now), t);
+        }
+        assert_eq!(table.get("b").unwrap().status, Status::Dead);
+    }
+
+    #[test]
     fn left_leaves_at_once_and_a_restart_rejoins() {
         let mut t = Table::new("a", "http://a", 1, at(0));
         t.merge(&[d("b", 4)], at(0));
@@ -508,8 +551,13 @@ mod tests {
         other.address = "http://elsewhere".into();
         t.merge(&[other], at(0));
         assert_eq!(t.get("a").unwrap().address, "http://a");
+        assert!(!t.take_earlier_run(), "another address is no proof of an earlier run");
         t.merge(&[d("a", 50)], at(0));
         assert!(t.heartbeat() > 50);
+        assert!(t.take_earlier_run());
+        assert!(!t.take_earlier_run(), "taken");
+        t.merge(&[d("a", 20)], at(0));
+        assert!(!t.take_earlier_run(), "a heartbeat of this run");
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub struct Storage {
     /// Highest dot counter this node issued (a lower bound after a restart:
     /// the last reservation).
     dot_floor: AtomicU64,
+    /// `dot_floor` when this run opened the data dir: counters below it
+    /// were issued by an earlier run (see [`crate::version::next_dot`]).
+    run_floor: AtomicU64,
     dot_reserved: AtomicU64,
     /// Entries in `hints` (sled's `len` is a full scan).
     hint_count: AtomicUsize,
@@ -276,6 +279,7 @@ impl Storage {
             commit: opts.sync_writes.then(GroupCommit::default),
             tombstone_grace_ms: opts.tombstone_grace_ms,
             dot_floor: AtomicU64::new(0),
+            run_floor: AtomicU64::new(0),
             dot_reserved: AtomicU64::new(0),
             hint_count: AtomicUsize::new(0),
             db,
@@ -292,6 +296,7 @@ impl Storage {
             }
         };
         storage.dot_floor.store(reserved, Ordering::SeqCst);
+        storage.run_floor.store(reserved, Ordering::SeqCst);
         storage.dot_reserved.store(reserved, Ordering::SeqCst);
         Ok(Arc::new(storage))
     }
@@ -361,6 +366,13 @@ impl Storage {
     /// restarts: where a key's first dot from this node starts.
     pub fn dot_floor(&self) -> u64 {
         self.dot_floor.load(Ordering::SeqCst)
+    }
+
+    /// The dot floor when this run opened the data dir: every counter this
+    /// node issued in an earlier run (of this data dir or a lost one) is
+    /// below it.
+    pub fn run_floor(&self) -> u64 {
+        self.run_floor.load(Ordering::SeqCst)
     }
 
     /// Notes that `counter` was issued; reserves (durably) ahead when needed.

@@ -442,9 +442,9 @@ impl<T: Clone> Siblings<T> {
     }
 
     /// The next dot `node` may use for a write with context `ctx` here; see
-    /// [`next_dot`].
+    /// [`next_dot`] (every dot held counts as this run's).
     pub fn next_dot(&self, ctx: &Context, node: &str, floor: u64) -> Dot {
-        next_dot(&self.context(), ctx, node, floor)
+        next_dot(&self.context(), ctx, node, floor, 0)
     }
 
     /// A new state where a version with `dot` and `payload` written with
@@ -485,18 +485,22 @@ impl<T: Clone> Siblings<T> {
 /// The next dot `node` may use, given what it holds for the key (`held`) and
 /// the writer's context.
 ///
-/// While `node` holds versions of the key, one above the highest counter of
-/// `node` in either: a node keeps every dot it issued for a key until the
-/// whole record is purged, so that counter is unused, and consecutive writes
-/// stay contiguous for the vector to absorb. When `node` holds nothing of the
-/// key (a new key, or one purged after a delete or an expiry), the counter
-/// goes above `floor`, the highest counter `node` ever issued for any key,
-/// and above anything the context names, so a key written again never reuses
-/// a dot of its earlier life.
-pub fn next_dot(held: &Context, ctx: &Context, node: &str, floor: u64) -> Dot {
+/// While `node` holds a dot it issued for the key in this run (at or above
+/// `run_floor`, the floor its data dir had when this run started), one above
+/// the highest counter of `node` in either: a node keeps every dot it issued
+/// for a key until the whole record is purged, so that counter is unused,
+/// and consecutive writes stay contiguous for the vector to absorb.
+/// Otherwise (a new key; one purged; or one whose dots of `node` all come
+/// from an earlier run, whose last dots may never have reached this copy: a
+/// crash before the flush, a wiped data dir refilled from a replica that
+/// missed them) the counter goes above `floor`, the highest counter `node`
+/// ever issued for any key, and above anything the context names, so no dot
+/// is ever issued twice.
+pub fn next_dot(held: &Context, ctx: &Context, node: &str, floor: u64, run_floor: u64) -> Dot {
     let mine = held.max_of(node);
+    let base = if mine == 0 || mine < run_floor { floor } else { mine };
     // Saturating: counters come from peers too, and must never wrap back.
-    let counter = if mine == 0 { floor.max(ctx.max_of(node)) } else { mine.max(ctx.max_of(node)) }.saturating_add(1);
+    let counter = base.max(ctx.max_of(node)).saturating_add(1);
     Dot { node: node.to_string(), counter }
 }
 

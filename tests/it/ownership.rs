@@ -48,10 +48,17 @@ async fn a_node_joining_a_loaded_cluster_serves_every_key_during_the_move() {
     for i in 0..600 {
         assert_eq!(put(c.node(i % 3), &format!("k{i}"), &value(i), "?w=all").await, 204);
     }
+    // Never read before they are overwritten (a read would repair them onto
+    // n4 ahead of the move).
+    for i in 0..300 {
+        assert_eq!(put(c.node(i % 3), &format!("b{i}"), "old", "?w=all").await, 204);
+    }
+    let mut next_b = 0;
     // Throttled, so the move takes seconds.
     let n4 = c.join(FAST, &["--transfer-max-mib-per-sec", "1"]).await;
     let mut reads = 0;
     let mut not_ready_seen = false;
+    let mut overwritten = 0;
     let start = std::time::Instant::now();
     loop {
         for s in &c.nodes {
@@ -64,6 +71,25 @@ async fn a_node_joining_a_loaded_cluster_serves_every_key_during_the_move() {
             assert!(r.text().await.unwrap().starts_with(&format!("{i}-")));
             reads += 1;
         }
+        // A blind overwrite through a node outside the key's preference
+        // list is forwarded to n4 when n4 comes first: still receiving, it
+        // must build the new version over the holders' copy, so the old
+        // value is superseded, not left beside the new one as a sibling.
+        while next_b < 300 && ready_status(c.node(n4)).await != 200 {
+            let key = format!("b{next_b}");
+            next_b += 1;
+            let pref: Vec<String> = replica_versions(c.node(0), &key).await.into_iter().map(|(n, _, _)| n).collect();
+            let Some(o) = (1..=c.nodes.len()).find(|j| !pref.contains(&format!("n{j}"))) else { continue };
+            if pref.first().map(String::as_str) != Some("n4") {
+                continue;
+            }
+            assert_eq!(put(c.node(o - 1), &key, "new", "?w=all").await, 204);
+            let r = c.node(0).http.get(c.node(0).at(&format!("/kv/{key}?r=all"))).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{key} after a blind overwrite during the move");
+            assert_eq!(r.text().await.unwrap(), "new");
+            overwritten += 1;
+            break;
+        }
         match ready_status(c.node(n4)).await {
             200 => break,
             _ => not_ready_seen = true,
@@ -71,6 +97,7 @@ async fn a_node_joining_a_loaded_cluster_serves_every_key_during_the_move() {
         assert!(start.elapsed() < DEADLINE * 2, "n4 never became ready");
     }
     assert!(not_ready_seen, "readiness waited for the move");
+    assert!(overwritten > 0, "no blind overwrite reached n4 during the move");
     assert!(reads > 20, "{reads} reads during the move");
     // Ready means it holds every key it replicates.
     for i in 0..600 {
@@ -178,6 +205,34 @@ async fn a_wiped_node_rejoining_under_its_old_id_loses_no_write_made_through_it(
             assert_eq!(s.get(&format!("fresh{i}")).await.2, "f");
         }
     }
+}
+
+#[tokio::test]
+async fn a_wiped_first_node_without_seeds_refills_instead_of_passing_for_a_new_cluster() {
+    // n1 runs without --seeds (it is the others' seed). Wiped and started
+    // again, it first looks like a new cluster's only node; the others'
+    // gossip shows its id was a member, and it must refill like a joining
+    // node. Anti-entropy is off: only that refill can bring the keys back.
+    let mut c = Cluster::start(3, &["--sync-writes", "--anti-entropy-interval-ms", "0"]).await;
+    for i in 0..40 {
+        assert_eq!(put(c.node(1), &format!("w{i}"), &format!("v{i}"), "?w=all").await, 204);
+    }
+    c.nodes[0].kill();
+    std::fs::remove_dir_all(c.nodes[0].data_dir()).unwrap();
+    c.nodes[0].restart().await;
+    eventually("n1 hears the others and is ready", || async {
+        let alive = member_statuses(c.node(0)).await.values().filter(|s| s.as_str() == "alive").count();
+        alive == 3 && ready_status(c.node(0)).await == 200
+    })
+    .await;
+    // Ready: it holds what it owns, so its own copy has every key.
+    for i in 0..40 {
+        let key = format!("w{i}");
+        let reps = replica_versions(c.node(0), &key).await;
+        let n1 = reps.iter().find(|(n, _, _)| n == "n1").expect("n1 replicates every key of three");
+        assert_eq!(n1.2.len(), 1, "{key}: {reps:?}");
+    }
+    assert_eq!(c.node(0).get("w7").await.2, "v7");
 }
 
 #[tokio::test]
