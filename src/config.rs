@@ -30,8 +30,8 @@ pub struct Config {
     #[arg(long, env = "DYNAKV_NODE_ID")]
     pub node_id: Option<String>,
 
-    /// Address to bind.
-    #[arg(long, env = "DYNAKV_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address to bind: ip:port, or host:port (resolved once at start).
+    #[arg(long, env = "DYNAKV_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// Base URL other nodes use to reach this one (default: http://<listen>).
@@ -268,6 +268,18 @@ fn check_url(flag: &'static str, url: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// `--listen`: a socket address, or a host name and port resolved once
+/// (`localhost:8080`); an IPv4 address is preferred when a name has both.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> =
+        s.to_socket_addrs().map_err(|e| format!("expected ip:port or host:port ({e})"))?.collect();
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(|| format!("{s} resolves to no address"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +325,10 @@ mod tests {
         assert!(parse(&["--node-id", "a b"]).unwrap().validate().is_err());
         assert!(parse(&["--node-id", "node-1.a_b"]).unwrap().validate().is_ok());
         assert!(parse(&["--listen", "nowhere"]).is_err());
+        // A host name with a port is resolved (as an operator would type it).
+        let c = parse(&["--listen", "localhost:9000"]).unwrap();
+        assert!(c.listen.ip().is_loopback() && c.listen.port() == 9000, "{}", c.listen);
+        assert_eq!(c.advertise_url(), format!("http://{}", c.listen));
     }
 
     #[test]
