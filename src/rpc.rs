@@ -157,6 +157,11 @@ pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
     let partition_of = |key: &[u8]| crate::ring::partition_of(key, q);
     let mut replies = Vec::with_capacity(ops.len());
     let mut wrote = false;
+    // Reads of a partition this node is still receiving ask a holder too:
+    // done together after the rest, so a batch full of them waits for one
+    // round trip instead of one each (which could outlast the sender's
+    // timeout and fail the batch's writes with it).
+    let mut remote: Vec<(usize, u32, &[u8])> = Vec::new();
     for op in &ops {
         let reply = match op {
             // A partition this node is still receiving is answered with a
@@ -175,8 +180,11 @@ pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
                         Ok(d) => BatchReply::Digest(d),
                         Err(e) => BatchReply::Failed(e.to_string()),
                     }
+                } else if node.receiving(&view, p) {
+                    remote.push((replies.len(), p, key));
+                    BatchReply::Failed("unanswered".into()) // replaced below
                 } else {
-                    match crate::replica::local_read(node, &view, p, key).await {
+                    match storage.get(p, key) {
                         Ok(r) => BatchReply::Read(r),
                         Err(e) => BatchReply::Failed(e.to_string()),
                     }
@@ -223,6 +231,13 @@ pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
             _ => BatchReply::Failed("invalid key".into()),
         };
         replies.push(reply);
+    }
+    let reads = remote.iter().map(|(_, p, key)| crate::replica::local_read(node, &view, *p, key));
+    for ((i, _, _), read) in remote.iter().zip(futures_util::future::join_all(reads).await) {
+        replies[*i] = match read {
+            Ok(r) => BatchReply::Read(r),
+            Err(e) => BatchReply::Failed(e.to_string()),
+        };
     }
     if wrote {
         if let Err(e) = storage.durable().await {
