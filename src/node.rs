@@ -279,12 +279,17 @@ impl Node {
     /// heartbeats on disk when needed.
     pub fn heartbeat(&self) -> Result<(), StorageError> {
         let timeouts = self.timeouts();
+        let mut back = false;
         let view = self.update_members(|t| {
             let now = SystemTime::now();
             t.refresh(now, timeouts);
             t.bump(now);
+            back = t.take_back_from_isolation();
             false
         });
+        if back {
+            self.back_from_isolation();
+        }
         let hb = view.table().heartbeat();
         self.metrics.heartbeat.set(hb as i64);
         if hb >= self.storage.heartbeat_reserved()? {
@@ -336,13 +341,18 @@ impl Node {
         let mut conflicts = Vec::new();
         let mut overflow = 0;
         let mut earlier_run = false;
+        let mut back = false;
         self.update_members(|t| {
             let changed = t.merge(digests, SystemTime::now());
             conflicts = t.take_conflicts();
             overflow = t.take_overflow();
             earlier_run = t.take_earlier_run();
+            back = t.take_back_from_isolation();
             changed
         });
+        if back {
+            self.back_from_isolation();
+        }
         if earlier_run && self.started_alone.swap(false, Ordering::SeqCst) {
             // A wiped member started without seeds (typically the first
             // node, the others' seed): it is not a new cluster's only node,
@@ -372,6 +382,15 @@ impl Node {
                 )
             });
         }
+    }
+
+    /// This node was cut off from most of the cluster, or paused for the
+    /// dead timeout, and is back: the others may have declared it dead and
+    /// written without it, so what it holds is verified (a Merkle exchange
+    /// with a holder per partition) before it answers for it alone again.
+    fn back_from_isolation(&self) {
+        tracing::info!("back from a spell cut off from the cluster; verifying every partition held");
+        self.update_ownership(Ownership::reverify);
     }
 
     /// Runs `log` the first time `key` is seen.

@@ -89,6 +89,13 @@ impl Ownership {
         self
     }
 
+    /// Everything held is to be verified again, as after a restart: this
+    /// node was cut off or paused long enough for the others to write
+    /// without it.
+    pub fn reverify(&mut self) {
+        self.verify = true;
+    }
+
     /// Whether the partitions held before a restart still wait for their
     /// first reconcile (which makes the owned ones `Sync`).
     pub fn verifying(&self) -> bool {

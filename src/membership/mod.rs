@@ -148,6 +148,12 @@ pub struct Table {
     /// Whether a merge heard this node's own id with a heartbeat above its
     /// own (an earlier run's), since the last [`Table::take_earlier_run`].
     earlier_run: bool,
+    /// More than half of the other members are dead here: this node may be
+    /// the one cut off.
+    cut_off: bool,
+    /// This node was cut off (or stalled for the dead timeout) and is back,
+    /// since the last [`Table::take_back_from_isolation`].
+    back: bool,
 }
 
 impl Table {
@@ -166,7 +172,16 @@ impl Table {
                 transfers_out: 0,
             },
         );
-        Self { me: me.to_string(), members, last_refresh: now, conflicts: Vec::new(), overflow: 0, earlier_run: false }
+        Self {
+            me: me.to_string(),
+            members,
+            last_refresh: now,
+            conflicts: Vec::new(),
+            overflow: 0,
+            earlier_run: false,
+            cut_off: false,
+            back: false,
+        }
     }
 
     /// Announces this node's transfer counts with its next digests.
@@ -191,6 +206,27 @@ impl Table {
     /// this id was a member, which a node on a new data dir did not know.
     pub fn take_earlier_run(&mut self) -> bool {
         std::mem::take(&mut self.earlier_run)
+    }
+
+    /// Whether, since the last call, this node came back from a spell in
+    /// which the others may have declared it dead and written without it:
+    /// it saw more than half of the other members dead and they returned
+    /// (it was on the small side of a network partition), or its own loop
+    /// stalled for the dead timeout (it was paused). What it held may have
+    /// missed writes.
+    pub fn take_back_from_isolation(&mut self) -> bool {
+        std::mem::take(&mut self.back)
+    }
+
+    /// Tracks `cut_off` and `back` from the current statuses.
+    fn note_isolation(&mut self) {
+        let others = self.members.values().filter(|m| m.id != self.me && m.status != Status::Left);
+        let (n, dead) = others.fold((0, 0), |(n, dead), m| (n + 1, dead + usize::from(m.status == Status::Dead)));
+        let cut_off = n > 0 && dead * 2 > n;
+        if self.cut_off && !cut_off {
+            self.back = true;
+        }
+        self.cut_off = cut_off;
     }
 
     /// This node's id.
@@ -228,6 +264,9 @@ impl Table {
         // crediting whole gaps would credit every round, and no member
         // would ever be suspected.
         let stall = gap.saturating_sub(t.interval);
+        if stall >= t.dead_after {
+            self.back = true;
+        }
         if stall >= t.suspect_after / 2 {
             for m in self.members.values_mut() {
                 m.updated_at += stall;
@@ -249,6 +288,7 @@ impl Table {
             changed |= status != m.status;
             m.status = status;
         }
+        self.note_isolation();
         changed
     }
 
@@ -353,6 +393,7 @@ impl Table {
                 }
             }
         }
+        self.note_isolation();
         changed || before != self.ring_members() || not_left_before != self.not_left_count()
     }
 
@@ -492,6 +533,43 @@ mod tests {
             t.refresh(at(now), T);
         }
         assert_eq!(t.get("b").unwrap().status, Status::Suspect);
+    }
+
+    #[test]
+    fn a_node_cut_off_from_most_members_notes_when_they_return() {
+        let mut t = Table::new("a", "http://a", 1, at(0));
+        t.merge(&[d("b", 1), d("c", 1)], at(0));
+        // b goes quiet alone: a is on the big side, nothing to note.
+        let mut now = 0;
+        while now < 200 {
+            now += 10;
+            t.merge(&[d("c", 1 + now)], at(now));
+            t.refresh(at(now), T);
+        }
+        assert_eq!(t.get("b").unwrap().status, Status::Dead);
+        t.merge(&[d("b", 2)], at(now));
+        assert!(!t.take_back_from_isolation(), "one of two dead is no isolation");
+        // Now both go quiet (a is cut off), then come back.
+        while now < 500 {
+            now += 10;
+            t.refresh(at(now), T);
+        }
+        assert!(!t.take_back_from_isolation(), "still cut off");
+        t.merge(&[d("b", 3), d("c", 1000)], at(now));
+        assert!(t.take_back_from_isolation());
+        assert!(!t.take_back_from_isolation(), "taken");
+    }
+
+    #[test]
+    fn a_stall_as_long_as_the_dead_timeout_is_noted() {
+        let mut t = Table::new("a", "http://a", 1, at(0));
+        t.merge(&[d("b", 1)], at(0));
+        t.refresh(at(10), T);
+        t.refresh(at(100), T);
+        assert!(!t.take_back_from_isolation(), "a stall shorter than the dead timeout");
+        t.refresh(at(1000), T);
+        assert!(t.take_back_from_isolation());
+        assert_eq!(t.get("b").unwrap().status, Status::Alive, "the stall is credited");
     }
 
     #[test]

@@ -236,6 +236,50 @@ async fn a_wiped_first_node_without_seeds_refills_instead_of_passing_for_a_new_c
 }
 
 #[tokio::test]
+async fn a_node_paused_until_declared_dead_does_not_answer_from_its_stale_copy_when_it_resumes() {
+    let timers = [
+        "--gossip-interval-ms",
+        "50",
+        "--suspect-after-ms",
+        "600",
+        "--dead-after-ms",
+        "1500",
+        "--request-timeout-ms",
+        "300",
+    ];
+    // Anti-entropy off: only n3's own verification can catch it up.
+    let c = Cluster::start_with(3, &timers, &["--anti-entropy-interval-ms", "0"]).await;
+    c.node(2).pause();
+    eventually("n3 dead to the others", || async {
+        member_statuses(c.node(0)).await.get("n3").map(String::as_str) == Some("dead")
+            && member_statuses(c.node(1)).await.get("n3").map(String::as_str) == Some("dead")
+    })
+    .await;
+    for i in 0..20 {
+        assert_eq!(put(c.node(0), &format!("p{i}"), &format!("v{i}"), "?w=quorum").await, 204);
+    }
+    c.node(2).resume();
+    eventually("n3 sees the others alive", || async {
+        let m = member_statuses(c.node(2)).await;
+        m.get("n1").map(String::as_str) == Some("alive") && m.get("n2").map(String::as_str) == Some("alive")
+    })
+    .await;
+    // Its copy missed every one of those writes; r=1 through it must not
+    // answer from that copy alone.
+    for i in 0..20 {
+        let r = c.node(2).http.get(c.node(2).at(&format!("/kv/p{i}?r=1"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "p{i} through the resumed n3");
+        assert_eq!(r.text().await.unwrap(), format!("v{i}"));
+    }
+    eventually("n3 ready again once verified", || async { ready_status(c.node(2)).await == 200 }).await;
+    for i in 0..20 {
+        let reps = replica_versions(c.node(2), &format!("p{i}")).await;
+        let n3 = reps.iter().find(|(n, _, _)| n == "n3").expect("n3 replicates every key of three");
+        assert_eq!(n3.2.len(), 1, "p{i} on n3 once it is ready: {reps:?}");
+    }
+}
+
+#[tokio::test]
 async fn another_partition_count_and_a_duplicate_live_id_are_refused() {
     let c = Cluster::start(2, &[]).await;
     let seed = c.node(0).url.clone();
