@@ -103,8 +103,9 @@ pub struct Config {
     #[arg(long, env = "DYNAKV_TOMBSTONE_GRACE_MS", default_value_t = 86_400_000)]
     pub tombstone_grace_ms: u64,
 
-    /// Flush to disk before acknowledging a write.
-    #[arg(long, env = "DYNAKV_SYNC_WRITES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    /// Flush to disk before acknowledging a write (true or false; 1, 0,
+    /// yes, no, on and off too, as compose files write them).
+    #[arg(long, env = "DYNAKV_SYNC_WRITES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub sync_writes: bool,
 
     /// When set, every internal request must carry it.
@@ -345,5 +346,7 @@ mod tests {
         assert!(parse(&["--sync-writes", "true"]).unwrap().sync_writes);
         assert!(!parse(&["--sync-writes", "false"]).unwrap().sync_writes);
         assert!(parse(&["--sync-writes", "maybe"]).is_err());
+        assert!(parse(&["--sync-writes", "1"]).unwrap().sync_writes);
+        assert!(!parse(&["--sync-writes", "off"]).unwrap().sync_writes);
     }
 }
