@@ -340,28 +340,40 @@ impl Node {
     pub fn apply_gossip(&self, digests: &[Digest]) {
         let mut conflicts = Vec::new();
         let mut overflow = 0;
-        let mut earlier_run = false;
         let mut back = false;
+        let mut forgot = false;
         self.update_members(|t| {
+            // A node that took every partition for a new cluster of its own
+            // hears its id with a heartbeat above its own (an earlier
+            // run's): it is a wiped member started without seeds (typically
+            // the first node, the others' seed), and its empty partitions
+            // must not pass for complete copies. Given up under the member
+            // lock, before the merge: no view ever shows the cluster while
+            // this node still holds everything.
+            if self.started_alone.load(Ordering::SeqCst) {
+                let mine = t.heartbeat();
+                let earlier =
+                    digests.iter().any(|d| d.id == self.id && d.address == self.address && d.heartbeat > mine);
+                if earlier && self.started_alone.swap(false, Ordering::SeqCst) {
+                    self.ownership.lock().expect("ownership lock").forget_held();
+                    forgot = true;
+                }
+            }
             let changed = t.merge(digests, SystemTime::now());
             conflicts = t.take_conflicts();
             overflow = t.take_overflow();
-            earlier_run = t.take_earlier_run();
             back = t.take_back_from_isolation();
             changed
         });
-        if back {
-            self.back_from_isolation();
-        }
-        if earlier_run && self.started_alone.swap(false, Ordering::SeqCst) {
-            // A wiped member started without seeds (typically the first
-            // node, the others' seed): it is not a new cluster's only node,
-            // and its empty partitions must not pass for complete copies.
+        if forgot {
             tracing::warn!(
                 "this node's id was a member before this data dir existed (a wiped disk): \
                  it gives up the partitions it took as its own and refills them like a joining node"
             );
-            self.update_ownership(Ownership::forget_held);
+            self.ownership_changed();
+        }
+        if back {
+            self.back_from_isolation();
         }
         if overflow > 0 {
             self.log_once("member table full".into(), || {
@@ -420,28 +432,33 @@ impl Node {
     /// Changes the ownership state; persists it and announces the transfer
     /// counts when it changed.
     pub fn update_ownership<R>(&self, f: impl FnOnce(&mut Ownership) -> R) -> R {
-        let (out, changed, counts, bytes) = {
+        let (out, changed) = {
             let mut o = self.ownership.lock().expect("ownership lock");
             let before = o.clone();
             let out = f(&mut o);
-            let changed = *o != before;
-            let bytes = changed.then(|| serde_json::to_vec(&*o).expect("ownership serializes"));
-            (out, changed, o.counts(), bytes)
+            (out, *o != before)
         };
         if changed {
-            if let Some(b) = bytes {
-                if let Err(e) = self.storage.save_ownership(&b) {
-                    tracing::warn!(error = %e, "ownership not persisted");
-                }
-            }
-            self.metrics.transfers_pending.with_label_values(&["in"]).set(i64::from(counts.0));
-            self.metrics.transfers_pending.with_label_values(&["out"]).set(i64::from(counts.1));
-            self.update_members(|t| {
-                t.set_transfers(counts.0, counts.1);
-                false
-            });
+            self.ownership_changed();
         }
         out
+    }
+
+    /// Persists the ownership state and announces its transfer counts.
+    fn ownership_changed(&self) {
+        let (counts, bytes) = {
+            let o = self.ownership.lock().expect("ownership lock");
+            (o.counts(), serde_json::to_vec(&*o).expect("ownership serializes"))
+        };
+        if let Err(e) = self.storage.save_ownership(&bytes) {
+            tracing::warn!(error = %e, "ownership not persisted");
+        }
+        self.metrics.transfers_pending.with_label_values(&["in"]).set(i64::from(counts.0));
+        self.metrics.transfers_pending.with_label_values(&["out"]).set(i64::from(counts.1));
+        self.update_members(|t| {
+            t.set_transfers(counts.0, counts.1);
+            false
+        });
     }
 
     /// What partition `p` is to this node.

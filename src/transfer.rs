@@ -96,6 +96,12 @@ pub struct Transfers {
     views: watch::Receiver<Arc<ClusterView>>,
     inbound_rate: Arc<RateLimit>,
     outbound_rate: Arc<RateLimit>,
+    /// Where the next round starts among the inbound and the outbound
+    /// partitions: it moves past a partition that made no progress (no
+    /// source answered, a new owner is unreachable), so one that cannot
+    /// move does not hold up all the others behind it.
+    next_in: u32,
+    next_out: u32,
 }
 
 impl Transfers {
@@ -107,6 +113,8 @@ impl Transfers {
             views: node.subscribe(),
             inbound_rate: Arc::new(RateLimit::new(rate)),
             outbound_rate: Arc::new(RateLimit::new(rate)),
+            next_in: 0,
+            next_out: 0,
             node,
         }
     }
@@ -124,16 +132,27 @@ impl Worker for Transfers {
         }
         let view = node.view();
         reconcile(node, &view)?;
+        let (from, max) = (self.next_in, node.cfg().transfer_max_partitions as usize);
         let inbound: Vec<(u32, Inbound)> = node.ownership(|o| {
-            o.inbound().iter().take(node.cfg().transfer_max_partitions as usize).map(|(p, i)| (*p, i.clone())).collect()
+            let all = o.inbound();
+            all.range(from..).chain(all.range(..from)).take(max).map(|(p, i)| (*p, i.clone())).collect()
         });
         let rate = self.inbound_rate.clone();
-        let moved =
-            futures_util::future::join_all(inbound.into_iter().map(|(p, i)| receive(node, &view, p, i, rate.clone())))
-                .await;
+        let moved = futures_util::future::join_all(
+            inbound.iter().map(|(p, i)| receive(node, &view, *p, i.clone(), rate.clone())),
+        )
+        .await;
+        if moved.iter().any(|m| !m) {
+            self.next_in = inbound.last().map_or(0, |(p, _)| p + 1);
+        }
         let mut progress = moved.into_iter().any(|m| m);
-        if let Some(p) = node.ownership(|o| o.outbound().iter().next().copied()) {
-            progress |= hand_off(node, &view, p, &self.outbound_rate).await;
+        let from = self.next_out;
+        let next =
+            node.ownership(|o| o.outbound().range(from..).next().or_else(|| o.outbound().iter().next()).copied());
+        if let Some(p) = next {
+            let moved = hand_off(node, &view, p, &self.outbound_rate).await;
+            self.next_out = if moved { p } else { p + 1 };
+            progress |= moved;
         }
         let (i, o) = node.ownership(|o| o.counts());
         Ok(if progress && i + o > 0 { State::Busy } else { State::Idle })
@@ -248,7 +267,7 @@ async fn sync(node: &Node, view: &ClusterView, partition: u32) -> bool {
             Err(_) => all_answered = false,
         }
     }
-    if all_answered && nobody_else(view) {
+    if all_answered && nobody_else(&node.view()) {
         node.update_ownership(|o| o.received(partition));
         tracing::info!(partition, "no other member holds this partition: this copy is all there is");
         return true;
@@ -264,14 +283,19 @@ async fn sync(node: &Node, view: &ClusterView, partition: u32) -> bool {
     false
 }
 
-/// Whether no member but this one has not left.
+/// Whether no member but this one has not left (asked of the current view,
+/// not the one a round started with: a round that began while this node
+/// knew nobody must not conclude that once it knows the others).
 fn nobody_else(view: &ClusterView) -> bool {
     view.members().all(|m| m.id == view.me() || m.status == crate::membership::Status::Left)
 }
 
 /// Whether every not-left member answered and none holds `partition`.
+/// "Every member" is the current view's, not the one the round started with
+/// (see [`nobody_else`]).
 async fn nobody_holds_among(node: &Node, view: &ClusterView, asked: &[String], partition: u32) -> bool {
-    let everyone: Vec<&str> = view
+    let current = node.view();
+    let everyone: Vec<&str> = current
         .members()
         .filter(|m| m.id != view.me() && m.status != crate::membership::Status::Left)
         .map(|m| m.id.as_str())
@@ -385,7 +409,7 @@ async fn stream(node: &Node, view: &ClusterView, partition: u32, inbound: Inboun
         }
         return true;
     }
-    if order.is_empty() && nobody_else(view) {
+    if order.is_empty() && nobody_else(&node.view()) {
         node.update_ownership(|o| o.received(partition));
         return true;
     }

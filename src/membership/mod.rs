@@ -145,9 +145,6 @@ pub struct Table {
     /// New members ignored because the table was full, since the last
     /// [`Table::take_overflow`].
     overflow: u64,
-    /// Whether a merge heard this node's own id with a heartbeat above its
-    /// own (an earlier run's), since the last [`Table::take_earlier_run`].
-    earlier_run: bool,
     /// More than half of the other members are dead here: this node may be
     /// the one cut off.
     cut_off: bool,
@@ -178,7 +175,6 @@ impl Table {
             last_refresh: now,
             conflicts: Vec::new(),
             overflow: 0,
-            earlier_run: false,
             cut_off: false,
             back: false,
         }
@@ -199,13 +195,6 @@ impl Table {
     /// New members ignored because the table was full, since the last call.
     pub fn take_overflow(&mut self) -> u64 {
         std::mem::take(&mut self.overflow)
-    }
-
-    /// Whether gossip showed, since the last call, that this node's id ran
-    /// before with heartbeats above its own: proof that an earlier run of
-    /// this id was a member, which a node on a new data dir did not know.
-    pub fn take_earlier_run(&mut self) -> bool {
-        std::mem::take(&mut self.earlier_run)
     }
 
     /// Whether, since the last call, this node came back from a spell in
@@ -359,7 +348,6 @@ impl Table {
                 // whose reservation was lost): jump past it.
                 if d.heartbeat > me.heartbeat {
                     me.heartbeat = d.heartbeat.saturating_add(1);
-                    self.earlier_run = true;
                 }
                 continue;
             }
@@ -629,13 +617,8 @@ mod tests {
         other.address = "http://elsewhere".into();
         t.merge(&[other], at(0));
         assert_eq!(t.get("a").unwrap().address, "http://a");
-        assert!(!t.take_earlier_run(), "another address is no proof of an earlier run");
         t.merge(&[d("a", 50)], at(0));
         assert!(t.heartbeat() > 50);
-        assert!(t.take_earlier_run());
-        assert!(!t.take_earlier_run(), "taken");
-        t.merge(&[d("a", 20)], at(0));
-        assert!(!t.take_earlier_run(), "a heartbeat of this run");
     }
 
     #[test]
