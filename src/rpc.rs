@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 
 use crate::config::valid_node_id;
 use crate::merkle;
@@ -147,6 +148,9 @@ pub fn gossip(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
     Ok(Bytes::from(serde_json::to_vec(&node.gossip_message()).expect("gossip serializes")))
 }
 
+/// Most holder reads one batch has in flight at once (see [`batch`]).
+const REMOTE_READS: usize = 16;
+
 /// Replica reads, writes and purges, answered in order. One flush covers
 /// every write of the batch when `--sync-writes` is on.
 pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
@@ -232,8 +236,13 @@ pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
         };
         replies.push(reply);
     }
-    let reads = remote.iter().map(|(_, p, key)| crate::replica::local_read(node, &view, *p, key));
-    for ((i, _, _), read) in remote.iter().zip(futures_util::future::join_all(reads).await) {
+    // At most REMOTE_READS at a time: each is a call of its own to a holder.
+    let mut reads = Vec::with_capacity(remote.len());
+    for (_, p, key) in &remote {
+        reads.push(crate::replica::local_read(node, &view, *p, key));
+    }
+    let reads: Vec<_> = futures_util::stream::iter(reads).buffered(REMOTE_READS).collect().await;
+    for ((i, _, _), read) in remote.iter().zip(reads) {
         replies[*i] = match read {
             Ok(r) => BatchReply::Read(r),
             Err(e) => BatchReply::Failed(e.to_string()),

@@ -66,22 +66,20 @@ pub fn router(node: Arc<Node>) -> Router {
     // boxes every route once per call (a clone of the boxed service and a
     // boxed future per request and level), so one composite layer costs a
     // request one level instead of one per layer. Outermost first: every
-    // request is observed (metrics, JSON 405s), then admitted by its budget,
-    // then its body limited. The secret (internal routes) and the bearer
-    // (the admin route) are checked last, as layers of the method's own
+    // request is observed (metrics, JSON 405s) and its body limited; the
+    // secret and the budget of internal routes, and the bearer of the admin
+    // route (inside its budget, as before), are layers of the method's own
     // handler: they run only once path and method matched, so a wrong
     // method is a 405 whether or not the caller knows the secret.
+    // The secret before the budget: a request without it never takes a
+    // permit from replication.
+    let guarded = ServiceBuilder::new().layer(secret.clone()).layer(internal_budget);
     let internal = Router::new()
-        .route(Route::Batch.path(), post(internal::batch).route_layer(secret.clone()))
-        .route(Route::Hint.path(), post(internal::hint).route_layer(secret.clone()))
-        .route(Route::AntiEntropy.path(), post(internal::anti_entropy).route_layer(secret.clone()))
-        .route(Route::Transfer.path(), post(internal::transfer).route_layer(secret.clone()))
-        .layer(
-            ServiceBuilder::new()
-                .layer(observe.clone())
-                .layer(internal_budget)
-                .layer(DefaultBodyLimit::max(internal_limit)),
-        );
+        .route(Route::Batch.path(), post(internal::batch).route_layer(guarded.clone()))
+        .route(Route::Hint.path(), post(internal::hint).route_layer(guarded.clone()))
+        .route(Route::AntiEntropy.path(), post(internal::anti_entropy).route_layer(guarded.clone()))
+        .route(Route::Transfer.path(), post(internal::transfer).route_layer(guarded))
+        .layer(ServiceBuilder::new().layer(observe.clone()).layer(DefaultBodyLimit::max(internal_limit)));
     let gossip = Router::new()
         .route(Route::Gossip.path(), post(internal::gossip).route_layer(secret))
         .layer(ServiceBuilder::new().layer(observe.clone()).layer(DefaultBodyLimit::max(internal::MAX_GOSSIP_BYTES)));

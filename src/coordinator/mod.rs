@@ -112,28 +112,44 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
     let run_floor = storage.run_floor();
     let limit = node.cfg().max_siblings as usize;
 
-    let compute = |current: Option<Record>| {
-        let current = current.unwrap_or_default();
-        let (next, clock) = new_version(&current, w.context.as_ref(), me, (floor, run_floor), w.content.clone());
-        // A write that leaves fewer versions than before is never refused.
-        if next.len() > limit && next.len() >= current.len() {
-            return Err(CoordError::TooManySiblings { limit, would: next.len() });
-        }
-        // Durably above every issued counter before the dot is stored.
-        storage.issued(clock.max_of(me))?;
-        Ok((Some(next), clock))
-    };
+    let mut caught_up = false;
     // Stored here even when this node is not a replica (it coordinates from
     // outside the preference list only when no replica took the forwarded
     // request): it keeps every dot it issues, which keeps dots unique (see
     // `new_version`). Such a copy counts as no ack; the replicas get hints.
-    let (clock, record) = match storage.update(partition, &w.key, compute)? {
-        Ok((clock, stored)) => (clock, stored.unwrap_or_default()),
-        Err(e) => {
-            if matches!(e, CoordError::TooManySiblings { .. }) {
-                node.metrics().sibling_refusals.inc();
+    let (clock, record) = loop {
+        let compute = |current: Option<Record>| {
+            let current = current.unwrap_or_default();
+            // This node's first write to the key in this run, over dots it
+            // issued in an earlier one: its last dots may have reached the
+            // other replicas but not this copy (a crash before the flush, a
+            // wiped data dir refilled from a replica that missed them).
+            // Their copies are merged in first, so the write sees them.
+            let mine = current.max_of(me);
+            if !caught_up && mine > 0 && mine < run_floor {
+                return Err(Step::CatchUp);
             }
-            return Err(e);
+            let (next, clock) = new_version(&current, w.context.as_ref(), me, (floor, run_floor), w.content.clone());
+            // A write that leaves fewer versions than before is never refused.
+            if next.len() > limit && next.len() >= current.len() {
+                return Err(Step::Refused(CoordError::TooManySiblings { limit, would: next.len() }));
+            }
+            // Durably above every issued counter before the dot is stored.
+            storage.issued(clock.max_of(me)).map_err(|e| Step::Refused(e.into()))?;
+            Ok((Some(next), clock))
+        };
+        match storage.update(partition, &w.key, compute)? {
+            Ok((clock, stored)) => break (clock, stored.unwrap_or_default()),
+            Err(Step::CatchUp) => {
+                catch_up(node, &view, &set.owners, partition, &w.key).await?;
+                caught_up = true;
+            }
+            Err(Step::Refused(e)) => {
+                if matches!(e, CoordError::TooManySiblings { .. }) {
+                    node.metrics().sibling_refusals.inc();
+                }
+                return Err(e);
+            }
         }
     };
     storage.durable().await?;
@@ -149,6 +165,31 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
         node.metrics().quorum_failures.with_label_values(&["write"]).inc();
         Err(CoordError::QuorumNotMet { needed, acked, context: Some(clock) })
     }
+}
+
+/// Why a write's update of the local copy stopped.
+enum Step {
+    /// Catch up with the other owners first (see `write`).
+    CatchUp,
+    /// The write is refused.
+    Refused(CoordError),
+}
+
+/// Merges into this node's copy of `key` what the other live owners hold
+/// (those that answer; a write goes ahead with what it got).
+async fn catch_up(
+    node: &Node,
+    view: &ClusterView,
+    owners: &[String],
+    partition: u32,
+    key: &[u8],
+) -> Result<(), CoordError> {
+    let others = owners.iter().filter(|id| *id != node.id() && view.is_alive(id));
+    let copies = futures_util::future::join_all(others.map(|id| replica::read_held(node, view, id, key))).await;
+    for copy in copies.into_iter().flatten().flatten() {
+        node.storage().merge(partition, key, &copy)?;
+    }
+    Ok(())
 }
 
 /// Sends `record` to every other owner in `set` (stand-ins for the ones that
@@ -301,15 +342,15 @@ pub fn new_version(
         ctx.join(&v.context);
     }
     let dot = next_dot(&held, &ctx, node, floor, run_floor);
-    let mine = held.max_of(node);
-    let jumped = mine == 0 || mine < run_floor;
+    // The vector does not reach this run's counters yet (nothing held, or
+    // only an earlier run's dots, or a jump made beside a sibling).
+    let behind = held.max_of(node) == 0 || ctx.vector_of(node) < run_floor;
     // A version of this node's held here and not in the writer's context
     // stays a sibling: no claim then (the dot waits in the cloud until a
-    // write resolves the siblings).
+    // write that resolves the siblings makes the claim).
     let supersedes_own = current.values().iter().all(|v| v.dot.node != node || ctx.covers(&v.dot));
-    if jumped && supersedes_own {
-        // The dot jumped: claim the counters below it, so the vector
-        // absorbs it.
+    if behind && supersedes_own {
+        // Claim the counters below the dot, so the vector absorbs it.
         ctx.witness(node, dot.counter - 1);
     }
     let next = current.update(&ctx, dot.clone(), content);
@@ -691,8 +732,9 @@ mod tests {
         let dot = &after.values()[0].dot;
         assert!(dot.counter > run_floor, "{dot:?}");
         assert!(clock.cloud().is_empty(), "the vector absorbs the jump: {clock:?}");
-        // Merged with the replica holding v2, v3 stands (a blind write
-        // supersedes the key's earlier life, as after a purge).
+        // Merged with a replica holding v2 that this copy never had (a
+        // catch-up found no one answering), v3 stands: a blind write
+        // supersedes the key's earlier life, as after a purge.
         let merged = after.sync(&newer);
         assert_eq!(merged.len(), 1, "{merged:?}");
         assert_eq!(merged.values()[0].payload.value, b"v3"[..]);
@@ -703,6 +745,25 @@ mod tests {
         // Within the run, consecutive writes stay contiguous.
         let (next, _) = new_version(&after, None, "a", (dot.counter, run_floor), content("v4", 4, None));
         assert_eq!(next.values()[0].dot.counter, dot.counter + 1);
+    }
+
+    #[test]
+    fn a_jump_beside_a_sibling_is_absorbed_once_a_write_resolves_the_siblings() {
+        let run_floor = 1 << 40;
+        let (stale, _) = new_version(&Record::new(), None, "a", (4, 0), content("v1", 1, None));
+        // A writer that saw nothing: a sibling, its dot left in the cloud.
+        let (sib, _) = new_version(&stale, Some(&Context::new()), "a", (run_floor, run_floor), content("s", 2, None));
+        assert_eq!(sib.len(), 2);
+        // Blind writes resolve both; from the first, contexts stay compact.
+        let mut r = sib;
+        for i in 0..20 {
+            let floor = r.values().iter().map(|v| v.dot.counter).max().unwrap();
+            let (next, clock) = new_version(&r, None, "a", (floor, run_floor), content("x", 3 + i, None));
+            assert_eq!(next.len(), 1);
+            assert!(clock.cloud().is_empty(), "write {i}: {clock:?}");
+            r = next;
+        }
+        assert!(r.values()[0].context.cloud().is_empty());
     }
 
     #[test]

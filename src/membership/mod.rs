@@ -211,7 +211,8 @@ impl Table {
     fn note_isolation(&mut self) {
         let others = self.members.values().filter(|m| m.id != self.me && m.status != Status::Left);
         let (n, dead) = others.fold((0, 0), |(n, dead), m| (n + 1, dead + usize::from(m.status == Status::Dead)));
-        let cut_off = n > 0 && dead * 2 > n;
+        // With one other member, its death is no sign of who was cut off.
+        let cut_off = n > 1 && dead * 2 > n;
         if self.cut_off && !cut_off {
             self.back = true;
         }
@@ -253,7 +254,8 @@ impl Table {
         // crediting whole gaps would credit every round, and no member
         // would ever be suspected.
         let stall = gap.saturating_sub(t.interval);
-        if stall >= t.dead_after {
+        if gap >= t.dead_after {
+            // Long enough for the others to have declared this node dead.
             self.back = true;
         }
         if stall >= t.suspect_after / 2 {

@@ -247,6 +247,11 @@ impl Context {
         self.vv.get(node).max(cloud)
     }
 
+    /// The counter of `node` the vector part claims (every dot up to it).
+    pub fn vector_of(&self, node: &str) -> u64 {
+        self.vv.get(node)
+    }
+
     /// Records every counter of `node` up to `counter` as seen.
     pub fn witness(&mut self, node: &str, counter: u64) {
         self.vv.witness(node, counter);
@@ -395,6 +400,16 @@ impl<T: Clone> Siblings<T> {
     /// versions, arriving again, are dropped.
     pub fn purged(&self) -> &Context {
         &self.purged
+    }
+
+    /// The highest counter of `node` this set has seen ([`Self::context`]'s
+    /// `max_of`, without building the context).
+    pub fn max_of(&self, node: &str) -> u64 {
+        let versions = self.versions.iter().map(|v| {
+            let dot = if v.dot.node == node { v.dot.counter } else { 0 };
+            dot.max(v.context.max_of(node))
+        });
+        versions.fold(self.purged.max_of(node), u64::max)
     }
 
     /// The purge marker of this set: no versions, and everything they and

@@ -259,9 +259,14 @@ async fn a_node_paused_until_declared_dead_does_not_answer_from_its_stale_copy_w
         assert_eq!(put(c.node(0), &format!("p{i}"), &format!("v{i}"), "?w=quorum").await, 204);
     }
     c.node(2).resume();
-    eventually("n3 sees the others alive", || async {
+    // Its table froze with the others alive: wait for its first heartbeat
+    // after the pause (where the stall is seen), then for the others.
+    let beat = metric(c.node(2), "dynakv_heartbeat").await;
+    eventually("n3 beats again and sees the others alive", || async {
         let m = member_statuses(c.node(2)).await;
-        m.get("n1").map(String::as_str) == Some("alive") && m.get("n2").map(String::as_str) == Some("alive")
+        metric(c.node(2), "dynakv_heartbeat").await > beat
+            && m.get("n1").map(String::as_str) == Some("alive")
+            && m.get("n2").map(String::as_str) == Some("alive")
     })
     .await;
     // Its copy missed every one of those writes; r=1 through it must not
