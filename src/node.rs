@@ -471,7 +471,9 @@ impl Node {
     /// completely (being received, or not yet noticed by the transfer
     /// worker). Such a node never answers for `p`'s keys alone.
     pub fn receiving(&self, view: &ClusterView, p: u32) -> bool {
-        if !self.knows_cluster() {
+        // `knows_cluster`, asked of `view` rather than a fresh one.
+        let knows = self.heard_cluster() || (!self.has_seeds && view.members().all(|m| m.id == self.id));
+        if !knows {
             return true;
         }
         match self.standing(p) {
