@@ -319,9 +319,10 @@ async fn send_one(
 /// standing beside it as an invisible sibling.
 ///
 /// Dots come from [`next_dot`] (`floors`: the highest counter issued, and
-/// the floor when this run started). When the new dot jumps to the floor
-/// (this node holds nothing of the key, or nothing of it from this run) and
-/// the write supersedes every version of this node held here, the context
+/// the floor when this run started). While the context's vector does not
+/// reach this run's counters (this node holds nothing of the key, or only
+/// an earlier run's dots, or a jump was made beside a sibling) and the
+/// write supersedes every version of this node held here, the context
 /// claims every counter of this node below the new dot as seen, as a blind
 /// write claims what the coordinator holds: this keeps the context one
 /// vector entry instead of a cloud that grows with every write, and

@@ -254,8 +254,9 @@ impl Table {
         // crediting whole gaps would credit every round, and no member
         // would ever be suspected.
         let stall = gap.saturating_sub(t.interval);
-        if gap >= t.dead_after {
-            // Long enough for the others to have declared this node dead.
+        if gap >= t.dead_after && stall >= t.dead_after / 2 {
+            // Long enough for the others to have declared this node dead
+            // (and a stall, not an interval as long as the dead timeout).
             self.back = true;
         }
         if stall >= t.suspect_after / 2 {
