@@ -112,19 +112,21 @@ async fn a_node_joining_a_loaded_cluster_serves_every_key_during_the_move() {
     assert!(owned > 0.0 && owned < 64.0, "n4 owns a share: {owned}");
 }
 
+/// Timers under which a silent node is declared dead within 1.5 s.
+const QUICK_DEATH: &[&str] = &[
+    "--gossip-interval-ms",
+    "50",
+    "--suspect-after-ms",
+    "600",
+    "--dead-after-ms",
+    "1500",
+    "--request-timeout-ms",
+    "300",
+];
+
 #[tokio::test]
 async fn a_dead_nodes_partitions_are_re_replicated_and_move_back_when_it_returns() {
-    let timers = [
-        "--gossip-interval-ms",
-        "50",
-        "--suspect-after-ms",
-        "600",
-        "--dead-after-ms",
-        "1500",
-        "--request-timeout-ms",
-        "300",
-    ];
-    let mut c = Cluster::start_with(4, &timers, &[]).await;
+    let mut c = Cluster::start_with(4, QUICK_DEATH, &[]).await;
     for i in 0..200 {
         assert_eq!(put(c.node(0), &format!("d{i}"), "v", "?w=all").await, 204);
     }
@@ -237,18 +239,8 @@ async fn a_wiped_first_node_without_seeds_refills_instead_of_passing_for_a_new_c
 
 #[tokio::test]
 async fn a_node_paused_until_declared_dead_does_not_answer_from_its_stale_copy_when_it_resumes() {
-    let timers = [
-        "--gossip-interval-ms",
-        "50",
-        "--suspect-after-ms",
-        "600",
-        "--dead-after-ms",
-        "1500",
-        "--request-timeout-ms",
-        "300",
-    ];
     // Anti-entropy off: only n3's own verification can catch it up.
-    let c = Cluster::start_with(3, &timers, &["--anti-entropy-interval-ms", "0"]).await;
+    let c = Cluster::start_with(3, QUICK_DEATH, &["--anti-entropy-interval-ms", "0"]).await;
     c.node(2).pause();
     eventually("n3 dead to the others", || async {
         member_statuses(c.node(0)).await.get("n3").map(String::as_str) == Some("dead")
