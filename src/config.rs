@@ -248,6 +248,15 @@ impl Config {
     pub fn seed_urls(&self) -> Vec<String> {
         self.seeds.iter().map(|s| s.trim().trim_end_matches('/').to_string()).filter(|s| !s.is_empty()).collect()
     }
+
+    /// The seeds that are other nodes: a seed naming this node itself (its
+    /// advertised URL or its listen address; one seed list given to every
+    /// node of a cluster names each of them) is left out, so a node whose
+    /// only seed is itself starts alone, by design, as one with no seeds.
+    pub fn other_seed_urls(&self) -> Vec<String> {
+        let own = [self.advertise_url(), format!("http://{}", self.listen)];
+        self.seed_urls().into_iter().filter(|s| !own.contains(s)).collect()
+    }
 }
 
 /// Whether `id` is a usable node id: 1..=64 of `[A-Za-z0-9._-]`.

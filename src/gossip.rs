@@ -76,8 +76,7 @@ fn round(node: &Arc<Node>, round_no: u64) {
         targets.push(peer.clone());
     }
     if live.len() < FEW_PEERS {
-        let seeds: Vec<String> = node.cfg().seed_urls().into_iter().filter(|s| s != node.address()).collect();
-        if let Some(seed) = seeds.choose(&mut rng) {
+        if let Some(seed) = node.seeds().choose(&mut rng) {
             targets.push(("seed".to_string(), seed.clone()));
         }
     }

@@ -77,8 +77,9 @@ pub struct Node {
     /// took every partition as its own; cleared once gossip shows whether
     /// that was a new cluster or a wiped member (see `apply_gossip`).
     started_alone: AtomicBool,
-    /// Whether `--seeds` names any node (kept, not re-parsed per request).
-    has_seeds: bool,
+    /// The seeds other than this node itself (kept, not re-parsed per
+    /// request).
+    seeds: Vec<String>,
     /// Which partitions this node holds, receives and hands off; persisted.
     ownership: Mutex<Ownership>,
 }
@@ -111,7 +112,7 @@ impl Node {
         let mut started_alone = false;
         let ownership = match storage.ownership()? {
             Some(bytes) => serde_json::from_slice::<Ownership>(&bytes).unwrap_or_default().restarted(),
-            None if cfg.seed_urls().is_empty() && remembered.iter().all(|d| d.id == id) => {
+            None if cfg.other_seed_urls().is_empty() && remembered.iter().all(|d| d.id == id) => {
                 started_alone = true;
                 Ownership::alone(cfg.partitions)
             }
@@ -135,7 +136,7 @@ impl Node {
             logged: Mutex::default(),
             heard_cluster: AtomicBool::new(false),
             started_alone: AtomicBool::new(started_alone),
-            has_seeds: !cfg.seed_urls().is_empty(),
+            seeds: cfg.other_seed_urls(),
             ownership: Mutex::new(ownership),
             cfg,
         };
@@ -146,6 +147,11 @@ impl Node {
     /// The validated configuration.
     pub fn cfg(&self) -> &Config {
         &self.cfg
+    }
+
+    /// `--seeds` without this node's own address.
+    pub fn seeds(&self) -> &[String] {
+        &self.seeds
     }
 
     /// This node's id (from the flag or the data dir).
@@ -421,7 +427,7 @@ impl Node {
     /// Whether this node knows the cluster: it is alone by design (no seeds,
     /// no other member known) or has heard gossip from a member.
     pub fn knows_cluster(&self) -> bool {
-        self.heard_cluster() || (!self.has_seeds && self.view().members().all(|m| m.id == self.id))
+        self.heard_cluster() || (self.seeds.is_empty() && self.view().members().all(|m| m.id == self.id))
     }
 
     /// Reads the ownership state.
@@ -472,7 +478,7 @@ impl Node {
     /// worker). Such a node never answers for `p`'s keys alone.
     pub fn receiving(&self, view: &ClusterView, p: u32) -> bool {
         // `knows_cluster`, asked of `view` rather than a fresh one.
-        let knows = self.heard_cluster() || (!self.has_seeds && view.members().all(|m| m.id == self.id));
+        let knows = self.heard_cluster() || (self.seeds.is_empty() && view.members().all(|m| m.id == self.id));
         if !knows {
             return true;
         }

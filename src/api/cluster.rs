@@ -133,10 +133,12 @@ pub fn require_admin(
     super::internal::guard(secret, bearer, || ApiError::AdminUnauthorized.into_response())
 }
 
-/// The secret in `Authorization: Bearer <secret>`, if that is the header.
+/// The secret in `Authorization: Bearer <secret>`, if that is the header
+/// (the scheme's name is case-insensitive, RFC 9110 §11.1).
 fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    Some(value.strip_prefix("Bearer ")?.trim().as_bytes())
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
 }
 
 /// `POST /cluster/leave`: 202, then hand off and exit 0.
@@ -144,4 +146,25 @@ pub async fn leave(State(node): State<Arc<Node>>) -> Response {
     tracing::info!("leave requested");
     node.request_leave();
     (StatusCode::ACCEPTED, Json(json!({ "status": "leaving", "node_id": node.id() }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, axum::http::HeaderValue::from_static(value));
+        h
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_nothing_else_is_a_bearer() {
+        assert_eq!(bearer(&auth("Bearer s3cret")), Some(&b"s3cret"[..]));
+        assert_eq!(bearer(&auth("bearer s3cret")), Some(&b"s3cret"[..]));
+        assert_eq!(bearer(&auth("BEARER  s3cret ")), Some(&b"s3cret"[..]));
+        assert_eq!(bearer(&auth("Basic s3cret")), None);
+        assert_eq!(bearer(&auth("Bearer")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
 }

@@ -65,7 +65,7 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
         } else {
             query(Query::<HashMap<String, String>>::from_request_parts(parts, node).await)?
         };
-        let writes = parts.method != Method::GET;
+        let writes = !matches!(parts.method, Method::GET | Method::HEAD);
         let level = level(node, &q, writes)?;
         let (ttl, context) = if writes { (ttl(&q)?, context(&parts.headers)?) } else { (None, None) };
         let content_type = if parts.method == Method::PUT { content_type(&parts.headers)? } else { String::new() };

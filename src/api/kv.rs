@@ -139,13 +139,7 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
         return Ok(None);
     };
     if !knows && targets.is_empty() {
-        targets = node
-            .cfg()
-            .seed_urls()
-            .into_iter()
-            .filter(|u| u != node.address())
-            .map(|u| ("seed".to_string(), u))
-            .collect();
+        targets = node.seeds().iter().map(|u| ("seed".to_string(), u.clone())).collect();
     }
     let path = req.path_and_query.as_ref().map(|p| p.as_str()).unwrap_or("/").to_string();
     let pass: Vec<(String, String)> = req
@@ -175,7 +169,7 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
                 }
                 return Ok(Some(out.body(axum::body::Body::from(resp.body)).expect("valid response")));
             }
-            Err(e) if e.not_delivered() || req.method == Method::GET => {
+            Err(e) if e.not_delivered() || matches!(req.method, Method::GET | Method::HEAD) => {
                 tracing::debug!(peer = %id, error = %e, "forwarding failed; trying the next replica")
             }
             Err(e) => {

@@ -25,6 +25,22 @@ async fn put_then_get_returns_value_and_content_type() {
     assert_eq!(r.bytes().await.unwrap().to_vec(), bytes);
 }
 
+/// HEAD is a GET without the body (axum answers it with the GET handler):
+/// it takes `r`, not `w`, and ignores a context header as a GET does.
+#[tokio::test]
+async fn head_reads_like_get() {
+    let s = Server::start(&[]).await;
+    assert_eq!(s.put("h", "value", None).await.0, 204);
+    let r = s.http.head(s.at("/kv/h?r=1")).header("X-Context", "not-a-context").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(context_of(&r).is_some());
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+    let r = s.http.head(s.at("/kv/h?r=0")).send().await.unwrap();
+    assert_eq!(r.status(), 400, "r is checked as a GET's");
+    let r = s.http.head(s.at("/kv/absent")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
 #[tokio::test]
 async fn blind_sequential_puts_overwrite() {
     let s = Server::start(&[]).await;

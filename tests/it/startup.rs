@@ -1,6 +1,6 @@
 //! Startup mistakes: one clear line on stderr and a non-zero exit.
 
-use crate::support::{start_error, Server};
+use crate::support::{eventually, free_port, ready_status, start_error, Server};
 
 fn expect_failure(args: &[&str], needle: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -133,6 +133,21 @@ async fn an_empty_secret_in_the_environment_means_none() {
     let (code, stderr) = crate::support::start_error(&["--cluster-secret", ""], &dir.path().join("e"));
     assert_ne!(code, 0);
     assert!(stderr.contains("--cluster-secret must not be empty"), "{stderr}");
+}
+
+/// One seed list given to every node of a cluster names each node itself
+/// too. A node whose only seed is itself is alone by design: ready, and
+/// writable, instead of waiting forever to hear from somebody.
+#[tokio::test]
+async fn a_node_whose_only_seed_is_itself_starts_alone() {
+    let port = free_port();
+    let own = format!("http://127.0.0.1:{port}");
+    let s = Server::start_at(port, &["--seeds", &format!("{own}/")]).await;
+    assert_eq!(s.url, own, "port {port} was taken before the node could bind it");
+    eventually("the node is ready", || async { ready_status(&s).await == 200 }).await;
+    assert_eq!(s.put("k", "v", None).await.0, 204);
+    let (status, _, body) = s.get("k").await;
+    assert_eq!((status, body.as_str()), (200, "v"));
 }
 
 /// What `cargo run --release` does: no flags, 127.0.0.1:8080, data in ./data.

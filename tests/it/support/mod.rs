@@ -39,11 +39,17 @@ pub struct Server {
 impl Server {
     /// Starts a node with a fresh data dir and `args`; waits for `/health`.
     pub async fn start(args: &[&str]) -> Server {
+        Self::start_at(0, args).await
+    }
+
+    /// Like [`Server::start`] on `port` (0: any free one; a port taken
+    /// meanwhile is replaced by another, so compare `url` when it matters).
+    pub async fn start_at(port: u16, args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Server {
             child: None,
             url: String::new(),
-            port: 0,
+            port,
             dir,
             args: args.iter().map(|s| s.to_string()).collect(),
             http: client(),
