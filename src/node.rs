@@ -405,7 +405,8 @@ impl Node {
     /// This node was cut off from most of the cluster, or paused for the
     /// dead timeout, and is back: the others may have declared it dead and
     /// written without it, so what it holds is verified (a Merkle exchange
-    /// with a holder per partition) before it answers for it alone again.
+    /// with every other replica holding it, per partition) before it
+    /// answers for it alone again.
     fn back_from_isolation(&self) {
         tracing::info!("back from a spell cut off from the cluster; verifying every partition held");
         self.update_ownership(Ownership::reverify);

@@ -11,7 +11,8 @@
 //!   but cannot vouch for yet. `Stream`: it holds nothing of it, and pulls
 //!   the whole partition from a holder with a resumable cursor. `Sync`: it
 //!   holds a copy that may be stale (it restarted, or came back after being
-//!   declared dead), and catches up by a Merkle exchange with a holder. While
+//!   declared dead, or a stream from one holder just ended), and catches up
+//!   by a Merkle exchange with every other owner holding it. While
 //!   a partition is inbound this node never answers for it alone: client
 //!   requests are forwarded to a replica that holds it, and its replies to
 //!   replica reads include the holder's copy.
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub enum Mode {
     /// Nothing here: pull the whole partition.
     Stream,
-    /// A possibly stale copy here: Merkle exchange with a holder.
+    /// A possibly stale copy here: Merkle exchange with every owner holding it.
     Sync,
 }
 
@@ -202,6 +203,14 @@ impl Ownership {
         if let Some(i) = self.inbound.get_mut(&partition) {
             i.source = None;
             i.cursor = None;
+        }
+    }
+
+    /// An inbound stream reached the end of its source: what is here now is
+    /// a complete copy of one holder's, to be compared with the others'.
+    pub fn streamed(&mut self, partition: u32) {
+        if let Some(i) = self.inbound.get_mut(&partition) {
+            *i = Inbound { mode: Mode::Sync, cursor: None, source: None };
         }
     }
 

@@ -12,10 +12,13 @@
 //!   here with `Siblings::sync`), with a cursor persisted after every page so
 //!   a restart resumes where it stopped. A partition it has a possibly stale
 //!   copy of (it restarted, or came back after being declared dead) is
-//!   *synced* by one Merkle exchange with a holder, which moves only what
-//!   differs. Holders are tried in ring order; one that fails, stalls past
-//!   the request timeout or no longer holds the partition is replaced by the
-//!   next, with a log line saying why. If no member holds the partition and
+//!   *synced* by a Merkle exchange with every other owner that holds it
+//!   (one is not enough: a write acknowledged by W of N replicas is on W of
+//!   them only), which moves only what differs; a streamed partition is
+//!   synced that way too once its stream ends. Stream sources are tried in
+//!   ring order; one that fails, stalls past the request timeout or no
+//!   longer holds the partition is replaced by the next, with a log line
+//!   saying why; an owner that cannot be compared is asked again next round. If no member holds the partition and
 //!   every member answered, it is taken as received: it is new (a new
 //!   cluster), or only scattered early writes exist on nodes that never
 //!   held it, which anti-entropy then merges (until it has, an `r=1` read
@@ -232,47 +235,101 @@ async fn receive(node: &Node, view: &ClusterView, partition: u32, inbound: Inbou
     }
 }
 
-/// Catches a stale copy up with one Merkle exchange with a holder.
+/// What one Merkle exchange with a holder did for an inbound partition.
+enum CatchUp {
+    /// Compared to the end: this copy now has everything the holder has.
+    Done,
+    /// Compared in part (the round's repair budget ran out): more next round.
+    Partial,
+    /// Not compared (the holder's tree is still building, or it failed).
+    Not,
+}
+
+async fn catch_up(node: &Node, view: &ClusterView, partition: u32, from: &str) -> CatchUp {
+    node.update_ownership(|o| o.progress(partition, from, None));
+    node.metrics().transfers_started.with_label_values(&["in"]).inc();
+    let mut budget = antientropy::Budget::new();
+    match antientropy::exchange_partitions(node, view, from, &mut budget, |p| p == partition).await {
+        Ok(x) if x.not_ready > 0 || x.partitions == 0 => CatchUp::Not,
+        Ok(x) if !x.truncated => {
+            let m = node.metrics();
+            m.transfer_keys.with_label_values(&["in"]).inc_by(x.pulled);
+            m.transfer_bytes.with_label_values(&["in"]).inc_by(x.received);
+            tracing::debug!(partition, from, pulled = x.pulled, pushed = x.pushed, "caught up with a holder");
+            CatchUp::Done
+        }
+        Ok(_) => CatchUp::Partial,
+        Err(e) => {
+            node.metrics().transfers_failed.with_label_values(&["in"]).inc();
+            tracing::warn!(partition, from, error = %e, "catching up from this holder failed; retrying");
+            CatchUp::Not
+        }
+    }
+}
+
+/// Catches a possibly stale copy up by Merkle exchange with every other
+/// member of the partition's preference list that holds it. One holder is
+/// not enough: a write acknowledged by W of N replicas is on W of them
+/// only, so the holder asked first may lack what another has (and a node
+/// that lost its data, then wrote over a key it lacked, would supersede
+/// the version it never saw). An owner that holds the partition but cannot
+/// be compared now (unreachable, paused, its tree still building) is tried
+/// again next round, until it can or it is off the ring (dead). When no
+/// owner holds it (they are receiving it too), the first other holder in
+/// ring order is enough, as for a stream.
 async fn sync(node: &Node, view: &ClusterView, partition: u32) -> bool {
-    let others = candidates(view, partition);
     let probe = TransferRequest { partition, after: None, limit: 0 };
-    let mut all_answered = true;
+    let owners: Vec<String> =
+        view.ring().preference_list(partition).into_iter().filter(|id| *id != view.me()).map(str::to_string).collect();
+    let (mut done, mut waiting, mut moved) = (0usize, false, false);
+    for c in &owners {
+        match ask(node, view, c, &probe).await {
+            Ok(r) if r.holds => match catch_up(node, view, partition, c).await {
+                CatchUp::Done => done += 1,
+                CatchUp::Partial => (waiting, moved) = (true, true),
+                CatchUp::Not => waiting = true,
+            },
+            Ok(_) => {}
+            Err(_) => waiting = true,
+        }
+    }
+    if done > 0 && !waiting {
+        node.update_ownership(|o| o.received(partition));
+        node.metrics().transfers_finished.with_label_values(&["in"]).inc();
+        tracing::info!(partition, holders = done, "partition caught up with every owner holding it");
+        return true;
+    }
+    if done > 0 || moved {
+        node.log_once(format!("waiting for an owner of partition {partition}"), || {
+            tracing::info!(partition, "caught up with some owners; waiting for another that holds it to answer")
+        });
+        return moved;
+    }
+    let others: Vec<String> = candidates(view, partition).into_iter().filter(|c| !owners.contains(c)).collect();
+    let mut all_answered = !waiting;
     for c in &others {
         match ask(node, view, c, &probe).await {
-            Ok(r) if r.holds => {
-                node.update_ownership(|o| o.progress(partition, c, None));
-                node.metrics().transfers_started.with_label_values(&["in"]).inc();
-                let mut budget = antientropy::Budget::new();
-                match antientropy::exchange_partitions(node, view, c, &mut budget, |p| p == partition).await {
-                    // It could not compare yet (its tree is still building):
-                    // nothing was verified; another holder, or later.
-                    Ok(x) if x.not_ready > 0 || x.partitions == 0 => continue,
-                    Ok(x) if !x.truncated => {
-                        node.update_ownership(|o| o.received(partition));
-                        let m = node.metrics();
-                        m.transfers_finished.with_label_values(&["in"]).inc();
-                        m.transfer_keys.with_label_values(&["in"]).inc_by(x.pulled);
-                        m.transfer_bytes.with_label_values(&["in"]).inc_by(x.received);
-                        tracing::info!(partition, from = %c, pulled = x.pulled, pushed = x.pushed, "partition caught up");
-                        return true;
-                    }
-                    Ok(_) => return true,
-                    Err(e) => {
-                        node.metrics().transfers_failed.with_label_values(&["in"]).inc();
-                        tracing::warn!(partition, from = %c, error = %e, "catching up from this holder failed; trying another");
-                    }
+            Ok(r) if r.holds => match catch_up(node, view, partition, c).await {
+                CatchUp::Done => {
+                    node.update_ownership(|o| o.received(partition));
+                    node.metrics().transfers_finished.with_label_values(&["in"]).inc();
+                    tracing::info!(partition, from = %c, "partition caught up");
+                    return true;
                 }
-            }
+                CatchUp::Partial => return true,
+                CatchUp::Not => continue,
+            },
             Ok(_) => {}
             Err(_) => all_answered = false,
         }
     }
+    let asked: Vec<String> = owners.iter().chain(&others).cloned().collect();
     if all_answered && nobody_else(&node.view()) {
         node.update_ownership(|o| o.received(partition));
         tracing::info!(partition, "no other member holds this partition: this copy is all there is");
         return true;
     }
-    if all_answered && !others.is_empty() && nobody_holds_among(node, view, &others, partition).await {
+    if all_answered && !asked.is_empty() && nobody_holds_among(node, view, &asked, partition).await {
         node.update_ownership(|o| o.received(partition));
         tracing::info!(partition, "no reachable member holds this partition: keeping this copy");
         return true;
@@ -381,6 +438,14 @@ async fn stream(node: &Node, view: &ClusterView, partition: u32, inbound: Inboun
             rate.spend(bytes).await;
             node.update_ownership(|o| o.progress(partition, c, next.clone()));
             match next {
+                // With Merkle trees, the copy streamed from one holder is
+                // then compared with every owner holding it (`sync`): another
+                // may have writes this holder missed.
+                None if node.cfg().anti_entropy_interval_ms > 0 => {
+                    node.update_ownership(|o| o.streamed(partition));
+                    tracing::info!(partition, from = %c, took = ?started.elapsed(), "partition streamed; comparing with the other owners");
+                    return true;
+                }
                 None => {
                     node.update_ownership(|o| o.received(partition));
                     node.metrics().transfers_finished.with_label_values(&["in"]).inc();

@@ -210,6 +210,47 @@ async fn a_wiped_node_rejoining_under_its_old_id_loses_no_write_made_through_it(
 }
 
 #[tokio::test]
+async fn a_wiped_node_catches_up_with_every_replica_not_only_the_one_it_streamed_from() {
+    // A write acknowledged by two of three replicas, then the coordinator's
+    // disk is lost: of the two others, the one the wiped node streams from
+    // first lacks the write. Ready means it holds what it owns, so it must
+    // have compared with the other replica too. Anti-entropy rounds are an
+    // hour apart: only the refill can bring the write back.
+    let timers = ["--gossip-interval-ms", "50", "--suspect-after-ms", "4000", "--dead-after-ms", "12000"];
+    let extra = ["--sync-writes", "--anti-entropy-interval-ms", "3600000", "--request-timeout-ms", "5000"];
+    let mut c = Cluster::start_with(3, &timers, &extra).await;
+    for i in 0..20 {
+        assert_eq!(put(c.node(0), &format!("base{i}"), "b", "?w=all").await, 204);
+    }
+    // n3 coordinates and loses its disk; `first` is where n3 streams the
+    // key's partition from (the first other node of its preference list).
+    let key = "lonely";
+    let pref = c.preference_list(key).await;
+    let others: Vec<usize> = pref.iter().filter(|n| *n != "n3").map(|n| c.index_of(n)).collect();
+    let (first, second) = (others[0], others[1]);
+    // With `first` paused, one batch to it is in the air (it may sit in its
+    // socket, to be served on resume): the key's copy for `first` queues
+    // behind it in n3 and dies with n3.
+    c.node(first).pause();
+    assert_eq!(put(c.node(2), "in-the-air", "x", "?w=2").await, 204);
+    assert_eq!(put(c.node(2), key, "acked", "?w=2").await, 204);
+    c.nodes[2].kill();
+    c.node(first).resume();
+    std::fs::remove_dir_all(c.nodes[2].data_dir()).unwrap();
+    // The premise: `first` lacks the key (n3, wiped, is not asked yet).
+    let first_id = format!("n{}", first + 1);
+    let reps = replica_versions(c.node(second), key).await;
+    let on_first = reps.iter().find(|(n, _, _)| *n == first_id).map(|(_, _, v)| v.len());
+    assert_eq!(on_first, Some(0), "{key} reached {first_id}: {reps:?}");
+    c.nodes[2].restart().await;
+    eventually("n3 ready", || async { ready_status(c.node(2)).await == 200 }).await;
+    let reps = replica_versions(c.node(second), key).await;
+    let n3 = reps.iter().find(|(n, _, _)| n == "n3").expect("n3 replicates every key of three");
+    assert_eq!(n3.2.len(), 1, "{key} on n3 once it is ready: {reps:?}");
+    assert_eq!(c.node(2).get(key).await.2, "acked");
+}
+
+#[tokio::test]
 async fn a_wiped_first_node_without_seeds_refills_instead_of_passing_for_a_new_cluster() {
     // n1 runs without --seeds (it is the others' seed). Wiped and started
     // again, it first looks like a new cluster's only node; the others'
