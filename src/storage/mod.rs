@@ -514,12 +514,16 @@ impl Storage {
     /// returns how many versions went. A record keeping a live version keeps
     /// its expired ones too (the next write supersedes them), so this node
     /// still holds every dot it issued (see `coordinator::new_version`). A
-    /// key that was deleted and purged before keeps its purge marker.
+    /// key that was deleted and purged before keeps its purge marker, which
+    /// now also covers the expired versions: the next dot for the key is
+    /// taken above what the record remembers, and a marker that forgot them
+    /// would hand out an expired version's dot again (one dot, two values:
+    /// a replica still holding the expired one would keep it).
     pub fn expire(&self, partition: u32, key: &[u8], now_ms: u64) -> Result<u64, StorageError> {
         let out = self.update(partition, key, |cur| match cur {
             Some(rec) if !rec.is_empty() && rec.values().iter().all(|v| v.payload.expired(now_ms)) => {
                 let n = rec.len() as u64;
-                let rest = (!rec.purged().is_empty()).then(|| rec.only_purged());
+                let rest = (!rec.purged().is_empty()).then(|| rec.purge());
                 Ok::<_, std::convert::Infallible>((rest, n))
             }
             other => Ok((other, 0)),
@@ -1364,5 +1368,19 @@ mod tests {
         assert!(s.purge_if(0, b"k", &dots, 1_000, 100).unwrap(), "already purged: still true");
         // The old value arrives late (a hint, a returning node): dropped.
         assert!(s.merge(0, b"k", &live).unwrap().is_empty());
+
+        // A value with a ttl written over the marker, then expired: the
+        // marker stays and remembers the expired dot, so the key's next dot
+        // is a new one.
+        let mut expiring = content("brief");
+        expiring.expires_at_ms = Some(2_000);
+        let ctx = marker.context();
+        let dot = marker.next_dot(&ctx, "y", 0);
+        s.merge(0, b"k", &marker.update(&ctx, dot.clone(), expiring)).unwrap();
+        assert_eq!(s.expire(0, b"k", 3_000).unwrap(), 1);
+        let after = s.get(0, b"k").unwrap().unwrap();
+        assert!(after.is_empty(), "a marker, no versions");
+        assert!(after.context().covers(&dot), "the expired dot is remembered");
+        assert!(after.next_dot(&after.context(), "y", 0).counter > dot.counter);
     }
 }

@@ -418,12 +418,6 @@ impl<T: Clone> Siblings<T> {
         Self { versions: Vec::new(), purged: self.context() }
     }
 
-    /// Keeps only what was purged (drops every version, remembers nothing
-    /// new): what is left when a record's versions all expire.
-    pub fn only_purged(&self) -> Self {
-        Self { versions: Vec::new(), purged: self.purged.clone() }
-    }
-
     /// The stored versions, in dot order.
     pub fn values(&self) -> &[Version<T>] {
         &self.versions
