@@ -57,7 +57,12 @@ pub fn router(node: Arc<Node>) -> Router {
     // `overloaded` at once (load shedding) instead of queueing, and one that
     // runs past its deadline gets 503 too. Gossip, health, metrics and the
     // membership views are exempt: they are cheap and must keep answering.
-    let deadline = node.timeout() * 4 + Duration::from_secs(2);
+    // A client request may take up to 5 request timeouts of its own: a
+    // node outside the key's preference list tries to relay it (a connect
+    // timeout per replica it cannot reach, up to 3), then coordinates it
+    // itself (a direct attempt, then a stand-in's). Its own 503 (with the
+    // counts and the context) must come before this one.
+    let deadline = node.timeout() * 5 + Duration::from_secs(2);
     let client_budget = edge::Budget::new(cfg.max_requests as usize, deadline);
     let internal_budget = edge::Budget::new(cfg.max_internal_requests as usize, deadline);
     let observe = edge::Observe::new(node.clone());

@@ -35,13 +35,17 @@ const PAGE: usize = 500;
 pub struct HintDelivery {
     node: Arc<Node>,
     tick: tokio::time::Interval,
+    /// Where the next round starts: rounds go through the hints page by
+    /// page, so hints for one owner that stays unreachable (a thousand
+    /// and more) do not keep those for every other owner waiting.
+    after: Option<Vec<u8>>,
 }
 
 impl HintDelivery {
     /// A worker for `node`.
     pub fn new(node: Arc<Node>) -> Self {
         let tick = worker::ticker(Duration::from_millis(node.cfg().gossip_interval_ms.max(50)));
-        Self { node, tick }
+        Self { node, tick, after: None }
     }
 }
 
@@ -51,7 +55,8 @@ impl Worker for HintDelivery {
     }
 
     async fn work(&mut self) -> Result<State, WorkError> {
-        deliver(&self.node).await?;
+        let (_, next) = deliver_page(&self.node, self.after.take()).await?;
+        self.after = next;
         Ok(State::Idle)
     }
 
@@ -60,13 +65,35 @@ impl Worker for HintDelivery {
     }
 }
 
-/// One delivery round; returns how many hints were delivered.
+/// One delivery round over the first page of hints; returns how many
+/// were delivered.
 pub async fn deliver(node: &Node) -> Result<usize, crate::storage::StorageError> {
+    Ok(deliver_page(node, None).await?.0)
+}
+
+/// One delivery round over the page of hints after `after`; returns how
+/// many were delivered and where the next page starts (`None`: from the
+/// first again).
+async fn deliver_page(
+    node: &Node,
+    after: Option<Vec<u8>>,
+) -> Result<(usize, Option<Vec<u8>>), crate::storage::StorageError> {
     let storage = node.storage();
-    let hints = storage.hints(BATCH)?;
+    let page = storage.hints_after(after.as_deref(), BATCH)?;
     node.metrics().hints_pending.set(storage.hints_pending() as i64);
+    if page.corrupt > 0 {
+        // Counted and logged once (every round meets them again).
+        node.log_once("corrupt hints".to_string(), || {
+            node.metrics().corrupt_records.inc_by(page.corrupt);
+            tracing::error!(
+                entries = page.corrupt,
+                "hints that do not decode are skipped; anti-entropy repairs their keys"
+            )
+        });
+    }
+    let (hints, next) = (page.hints, page.next);
     if hints.is_empty() {
-        return Ok(0);
+        return Ok((0, next));
     }
     let view = node.view();
     let mut owner_down: HashSet<String> = HashSet::new();
@@ -112,7 +139,7 @@ pub async fn deliver(node: &Node) -> Result<usize, crate::storage::StorageError>
         remove(node, &hint, &mut delivered);
     }
     node.metrics().hints_pending.set(storage.hints_pending() as i64);
-    Ok(delivered)
+    Ok((delivered, next))
 }
 
 /// Deletes a delivered hint (unless it changed meanwhile) and counts it.

@@ -601,20 +601,47 @@ impl Storage {
         }
     }
 
-    /// Up to `limit` hints: (owner, partition, key, record, raw entry).
+    /// Up to `limit` hints from the first: (owner, partition, key, record,
+    /// raw entry).
     pub fn hints(&self, limit: usize) -> Result<Vec<Hint>, StorageError> {
-        let mut out = Vec::new();
-        for item in self.hints.iter().take(limit) {
+        Ok(self.hints_after(None, limit)?.hints)
+    }
+
+    /// Up to `limit` hint entries after the entry `after` (from the first
+    /// without it), in key order (by owner): the hints that decode, where
+    /// the next page starts (`None` at the end), and how many entries did
+    /// not decode. Those stay in place, skipped: one bad entry must not stop
+    /// the delivery of every other hint, nor a leave.
+    pub fn hints_after(&self, after: Option<&[u8]>, limit: usize) -> Result<HintPage, StorageError> {
+        use std::ops::Bound;
+        let iter = match after {
+            Some(a) => self.hints.range::<&[u8], _>((Bound::Excluded(a), Bound::Unbounded)),
+            None => self.hints.iter(),
+        };
+        let mut page = HintPage::default();
+        let (mut seen, mut last) = (0, None);
+        for item in iter {
             let (k, v) = item?;
+            if seen == limit {
+                page.next = last;
+                break;
+            }
+            seen += 1;
+            last = Some(k.to_vec());
             let Some((owner, partition, key)) = split_hint_key(&k) else {
                 if self.hints.remove(&k)?.is_some() {
                     self.hint_count.fetch_sub(1, Ordering::SeqCst);
                 }
                 continue;
             };
-            out.push(Hint { owner, partition, key, record: record::decode(&v)?, raw_key: k.to_vec(), raw: v.to_vec() });
+            match record::decode(&v) {
+                Ok(record) => {
+                    page.hints.push(Hint { owner, partition, key, record, raw_key: k.to_vec(), raw: v.to_vec() })
+                }
+                Err(_) => page.corrupt += 1,
+            }
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// Deletes a delivered hint unless it changed since it was read (a newer
@@ -864,6 +891,17 @@ pub struct Due {
     pub partition: u32,
     /// The key.
     pub key: Vec<u8>,
+}
+
+/// One page of [`Storage::hints_after`].
+#[derive(Debug, Default)]
+pub struct HintPage {
+    /// The hints that decoded.
+    pub hints: Vec<Hint>,
+    /// The entry to continue after; `None`: this page reached the end.
+    pub next: Option<Vec<u8>>,
+    /// Entries that did not decode (left in place).
+    pub corrupt: u64,
 }
 
 /// A write kept for an unreachable owner.
@@ -1137,6 +1175,43 @@ mod tests {
         let fresh = s.hints(10).unwrap();
         assert!(s.remove_hint(&fresh[0]).unwrap());
         assert_eq!(s.hints_pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn hints_page_in_order_and_skip_entries_that_do_not_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &opts(4, false)).unwrap();
+        let ctx = Context::new();
+        let one = Record::new().update(&ctx, Dot { node: "x".into(), counter: 1 }, content("v"));
+        for owner in ["a", "b", "c"] {
+            for key in [&b"k1"[..], b"k2"] {
+                assert!(s.store_hint(owner, 1, key, &one).unwrap());
+            }
+        }
+        // b's first entry goes bad on disk.
+        let bad = s.hints(10).unwrap().into_iter().find(|h| h.owner == "b").unwrap();
+        s.hints.insert(&bad.raw_key, &[9u8, 9, 9][..]).unwrap();
+
+        let mut seen = Vec::new();
+        let mut corrupt = 0;
+        let mut after: Option<Vec<u8>> = None;
+        let mut pages = 0;
+        loop {
+            let page = s.hints_after(after.as_deref(), 2).unwrap();
+            pages += 1;
+            corrupt += page.corrupt;
+            seen.extend(page.hints.iter().map(|h| (h.owner.clone(), h.key.clone())));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(corrupt, 1);
+        let owners: Vec<&str> = seen.iter().map(|(o, _)| o.as_str()).collect();
+        assert_eq!(owners, ["a", "a", "b", "c", "c"], "every good hint once, in order");
+        assert_eq!(s.hints(10).unwrap().len(), 5, "the bad entry does not stop the rest");
+        assert_eq!(s.hints_pending(), 6, "it stays in place");
     }
 
     #[tokio::test]
