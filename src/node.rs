@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{ClusterView, Membership};
 use crate::config::Config;
-use crate::membership::{Digest, Table, Timeouts};
+use crate::membership::{Digest, Status, Table, Timeouts};
 use crate::metrics::Metrics;
 use crate::ownership::{Ownership, Standing};
 use crate::ring::RingParams;
@@ -426,9 +426,16 @@ impl Node {
     }
 
     /// Whether this node knows the cluster: it is alone by design (no seeds,
-    /// no other member known) or has heard gossip from a member.
+    /// no other member known but ones that left) or has heard gossip from a
+    /// member.
     pub fn knows_cluster(&self) -> bool {
-        self.heard_cluster() || (self.seeds.is_empty() && self.view().members().all(|m| m.id == self.id))
+        self.knows_cluster_in(&self.view())
+    }
+
+    /// [`Node::knows_cluster`], asked of `view` rather than a fresh one.
+    fn knows_cluster_in(&self, view: &ClusterView) -> bool {
+        self.heard_cluster()
+            || (self.seeds.is_empty() && view.members().all(|m| m.id == self.id || m.status == Status::Left))
     }
 
     /// Reads the ownership state.
@@ -478,9 +485,7 @@ impl Node {
     /// completely (being received, or not yet noticed by the transfer
     /// worker). Such a node never answers for `p`'s keys alone.
     pub fn receiving(&self, view: &ClusterView, p: u32) -> bool {
-        // `knows_cluster`, asked of `view` rather than a fresh one.
-        let knows = self.heard_cluster() || (self.seeds.is_empty() && view.members().all(|m| m.id == self.id));
-        if !knows {
+        if !self.knows_cluster_in(view) {
             return true;
         }
         match self.standing(p) {

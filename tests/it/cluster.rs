@@ -539,6 +539,27 @@ async fn tombstones_are_purged_on_every_replica_once_all_hold_them() {
 }
 
 #[tokio::test]
+async fn the_first_node_restarted_after_the_others_left_is_alone_and_ready() {
+    // n1 has no seeds; n2 joins, then leaves. n1 remembers n2 as left: it
+    // is alone by design again, so after a restart it must serve, not wait
+    // for gossip nobody will send.
+    let mut c = Cluster::start(2, &[]).await;
+    assert_eq!(put(c.node(0), "k", "v", "?w=all", None).await.status(), 204);
+    let r = c.nodes[1].http.post(c.nodes[1].at("/cluster/leave")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(c.nodes[1].wait().code(), Some(0));
+    eventually("n1 lists n2 left", || async {
+        member_statuses(c.node(0)).await.get("n2").map(String::as_str) == Some("left")
+    })
+    .await;
+    assert!(c.nodes[0].terminate().success());
+    c.nodes[0].restart().await;
+    eventually("n1 ready", || async { crate::support::ready_status(c.node(0)).await == 200 }).await;
+    assert_eq!(c.node(0).get("k").await.2, "v");
+    assert_eq!(put(c.node(0), "k2", "v2", "?w=quorum", None).await.status(), 204);
+}
+
+#[tokio::test]
 async fn a_leave_whose_hand_off_is_not_acknowledged_exits_1_and_stays_a_member() {
     let mut c = Cluster::start(2, &[]).await;
     for i in 0..10 {
