@@ -108,7 +108,10 @@ impl Node {
         // because gossip has not been heard yet.
         let remembered: Vec<Digest> =
             storage.members()?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        table.restore(&remembered, SystemTime::now());
+        let now = SystemTime::now();
+        table.restore(&remembered, now);
+        // Members dead when the table was saved are dead from the start.
+        table.refresh(now, timeouts_of(&cfg));
         let mut started_alone = false;
         let ownership = match storage.ownership()? {
             Some(bytes) => serde_json::from_slice::<Ownership>(&bytes).unwrap_or_default().restarted(),
@@ -253,11 +256,7 @@ impl Node {
 
     /// The membership timeouts from the configuration.
     pub fn timeouts(&self) -> Timeouts {
-        Timeouts {
-            suspect_after: Duration::from_millis(self.cfg.suspect_after()),
-            dead_after: Duration::from_millis(self.cfg.dead_after_ms),
-            interval: Duration::from_millis(self.cfg.gossip_interval_ms),
-        }
+        timeouts_of(&self.cfg)
     }
 
     /// Changes the member table through the one publishing path, updates the
@@ -273,7 +272,7 @@ impl Node {
             self.metrics.members.with_label_values(&[status]).set(n);
         }
         if changed {
-            let json = serde_json::to_vec(&view.table().digests()).expect("digests serialize");
+            let json = serde_json::to_vec(&view.table().digests_at(SystemTime::now())).expect("digests serialize");
             if let Err(e) = self.storage.save_members(&json) {
                 tracing::warn!(error = %e, "membership not persisted");
             }
@@ -348,6 +347,7 @@ impl Node {
         let mut overflow = 0;
         let mut back = false;
         let mut forgot = false;
+        let timeouts = self.timeouts();
         self.update_members(|t| {
             // A node that took every partition for a new cluster of its own
             // hears its id with a heartbeat above its own (an earlier
@@ -365,7 +365,12 @@ impl Node {
                     forgot = true;
                 }
             }
-            let changed = t.merge(digests, SystemTime::now());
+            let now = SystemTime::now();
+            let changed = t.merge(digests, now);
+            // Members first heard of start as old as the sender's news of
+            // them: one it holds dead is dead here too, before any view shows
+            // it on the ring.
+            t.refresh(now, timeouts);
             conflicts = t.take_conflicts();
             overflow = t.take_overflow();
             back = t.take_back_from_isolation();
@@ -522,6 +527,16 @@ impl Node {
 
     /// What this node sends in a gossip exchange.
     pub fn gossip_message(&self) -> GossipMessage {
-        GossipMessage { from: self.id.clone(), partitions: self.cfg.partitions, members: self.view().table().digests() }
+        let members = self.view().table().digests_at(SystemTime::now());
+        GossipMessage { from: self.id.clone(), partitions: self.cfg.partitions, members }
+    }
+}
+
+/// The failure detector's timeouts as configured.
+fn timeouts_of(cfg: &Config) -> Timeouts {
+    Timeouts {
+        suspect_after: Duration::from_millis(cfg.suspect_after()),
+        dead_after: Duration::from_millis(cfg.dead_after_ms),
+        interval: Duration::from_millis(cfg.gossip_interval_ms),
     }
 }

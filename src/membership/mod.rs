@@ -102,6 +102,13 @@ pub struct Digest {
     /// Partitions it is handing off.
     #[serde(default)]
     pub transfers_out: u32,
+    /// How long ago (ms) the sender last saw this member's heartbeat
+    /// advance (0 for the sender itself): a member first heard of, or
+    /// remembered across a restart, starts that old here, so one the
+    /// cluster has declared dead is not taken for alive (and put back on
+    /// this node's ring) for a whole dead timeout.
+    #[serde(default)]
+    pub idle_ms: u64,
 }
 
 impl Digest {
@@ -114,14 +121,15 @@ impl Digest {
         }
     }
 
-    /// A table row for a member first heard of at `now`.
+    /// A table row for a member first heard of at `now` (its heartbeat last
+    /// advanced `idle_ms` before; the next refresh derives its status).
     fn to_member(&self, now: SystemTime) -> Member {
         Member {
             id: self.id.clone(),
             address: self.address.clone(),
             status: self.status(),
             heartbeat: self.heartbeat,
-            updated_at: now,
+            updated_at: now.checked_sub(Duration::from_millis(self.idle_ms)).unwrap_or(now),
             transfers_in: self.transfers_in,
             transfers_out: self.transfers_out,
         }
@@ -326,8 +334,22 @@ impl Table {
                 left: m.status == Status::Left,
                 transfers_in: m.transfers_in,
                 transfers_out: m.transfers_out,
+                idle_ms: 0,
             })
             .collect()
+    }
+
+    /// [`Table::digests`] with each member's idle time at `now` (what gossip
+    /// sends and a restart restores).
+    pub fn digests_at(&self, now: SystemTime) -> Vec<Digest> {
+        let mut out = self.digests();
+        for d in &mut out {
+            if d.id != self.me {
+                let since = self.members[&d.id].updated_at;
+                d.idle_ms = now.duration_since(since).unwrap_or_default().as_millis() as u64;
+            }
+        }
+        out
     }
 
     /// Applies digests heard from a peer at `now`. Returns whether the
@@ -430,6 +452,7 @@ mod tests {
             left: false,
             transfers_in: 0,
             transfers_out: 0,
+            idle_ms: 0,
         }
     }
 
@@ -554,6 +577,35 @@ mod tests {
         t.merge(&[d("b", 3), d("c", 1000)], at(now));
         assert!(t.take_back_from_isolation());
         assert!(!t.take_back_from_isolation(), "taken");
+    }
+
+    #[test]
+    fn a_member_first_heard_or_restored_is_as_old_as_its_news() {
+        // b's table: c went quiet 1 s ago, d is alive.
+        let mut b = Table::new("b", "http://b", 1, at(0));
+        b.merge(&[d("c", 3), d("d", 1)], at(0));
+        for now in (10..=1000).step_by(10) {
+            b.merge(&[d("d", now)], at(now));
+            b.refresh(at(now), T);
+        }
+        assert_eq!(b.get("c").unwrap().status, Status::Dead);
+        let news = b.digests_at(at(1000));
+        let idle = |id: &str| news.iter().find(|x| x.id == id).unwrap().idle_ms;
+        assert_eq!((idle("b"), idle("c"), idle("d")), (0, 1000, 0));
+        // a hears of them for the first time: c is dead at once, not after
+        // a dead timeout of its own.
+        let mut a = Table::new("a", "http://a", 1, at(5000));
+        a.merge(&news, at(5000));
+        a.refresh(at(5000), T);
+        assert_eq!(a.get("c").unwrap().status, Status::Dead);
+        assert_eq!(a.get("d").unwrap().status, Status::Alive);
+        assert_eq!(a.ring_members(), vec!["a", "b", "d"]);
+        // The same when remembered across a restart.
+        let mut restarted = Table::new("a", "http://a", 1, at(9000));
+        restarted.restore(&a.digests_at(at(5000)), at(9000));
+        restarted.refresh(at(9000), T);
+        assert_eq!(restarted.get("c").unwrap().status, Status::Dead);
+        assert_eq!(restarted.get("b").unwrap().status, Status::Alive);
     }
 
     #[test]
