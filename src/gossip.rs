@@ -101,6 +101,10 @@ pub async fn exchange(node: &Node, id: &str, address: &str) -> Result<(), Transp
     let msg = serde_json::to_vec(&node.gossip_message()).expect("gossip serializes");
     let reply = node.call(Target { id, address }, Route::Gossip, Bytes::from(msg)).await?;
     let reply: GossipMessage = serde_json::from_slice(&reply).map_err(|_| TransportError::Malformed)?;
+    if node.is_own_echo(&reply) {
+        node.seed_is_self(address);
+        return Ok(());
+    }
     // The same checks as an incoming exchange (another Q is logged there).
     if let Err(e) = node.accept_gossip(&reply) {
         tracing::debug!(peer = %address, error = %e, "gossip reply refused");

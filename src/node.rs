@@ -78,8 +78,9 @@ pub struct Node {
     /// that was a new cluster or a wiped member (see `apply_gossip`).
     started_alone: AtomicBool,
     /// The seeds other than this node itself (kept, not re-parsed per
-    /// request).
-    seeds: Vec<String>,
+    /// request); a seed that answers gossip as this node (its own address
+    /// under another spelling) is dropped when that shows.
+    seeds: Mutex<Vec<String>>,
     /// Which partitions this node holds, receives and hands off; persisted.
     ownership: Mutex<Ownership>,
 }
@@ -139,7 +140,7 @@ impl Node {
             logged: Mutex::default(),
             heard_cluster: AtomicBool::new(false),
             started_alone: AtomicBool::new(started_alone),
-            seeds: cfg.other_seed_urls(),
+            seeds: Mutex::new(cfg.other_seed_urls()),
             ownership: Mutex::new(ownership),
             cfg,
         };
@@ -152,9 +153,27 @@ impl Node {
         &self.cfg
     }
 
+    /// Whether `msg` is this node's own gossip: its id, and its own entry at
+    /// this node's address.
+    pub fn is_own_echo(&self, msg: &GossipMessage) -> bool {
+        msg.from == self.id && msg.members.iter().any(|d| d.id == self.id && d.address == self.address)
+    }
+
     /// `--seeds` without this node's own address.
-    pub fn seeds(&self) -> &[String] {
-        &self.seeds
+    pub fn seeds(&self) -> Vec<String> {
+        self.seeds.lock().expect("seeds lock").clone()
+    }
+
+    /// The seed at `address` answered gossip as this very node: it is this
+    /// node under another name (`localhost` for `127.0.0.1`, say), and is
+    /// dropped, so that a node whose seeds all name itself is alone by
+    /// design, as one without seeds.
+    pub fn seed_is_self(&self, address: &str) {
+        let mut seeds = self.seeds.lock().expect("seeds lock");
+        if let Some(at) = seeds.iter().position(|s| s == address) {
+            seeds.remove(at);
+            tracing::info!(seed = address, "this seed is this node itself; ignored from now on");
+        }
     }
 
     /// This node's id (from the flag or the data dir).
@@ -309,6 +328,12 @@ impl Node {
     /// Hearing from a member other than itself is what "knows the cluster"
     /// means for readiness.
     pub fn accept_gossip(&self, msg: &GossipMessage) -> Result<(), String> {
+        // This node talking to itself through a seed under another name:
+        // nothing to learn, and no sign of a cluster. (Another process
+        // claiming this id sends another address, and is refused below.)
+        if self.is_own_echo(msg) {
+            return Ok(());
+        }
         let ours = self.cfg.partitions;
         if msg.partitions != ours {
             self.log_once(format!("partitions {} from {}", msg.partitions, msg.from), || {
@@ -440,7 +465,8 @@ impl Node {
     /// [`Node::knows_cluster`], asked of `view` rather than a fresh one.
     fn knows_cluster_in(&self, view: &ClusterView) -> bool {
         self.heard_cluster()
-            || (self.seeds.is_empty() && view.members().all(|m| m.id == self.id || m.status == Status::Left))
+            || (self.seeds.lock().expect("seeds lock").is_empty()
+                && view.members().all(|m| m.id == self.id || m.status == Status::Left))
     }
 
     /// Reads the ownership state.

@@ -139,7 +139,7 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
         return Ok(None);
     };
     if !knows && targets.is_empty() {
-        targets = node.seeds().iter().map(|u| ("seed".to_string(), u.clone())).collect();
+        targets = node.seeds().into_iter().map(|u| ("seed".to_string(), u)).collect();
     }
     let path = req.path_and_query.as_ref().map(|p| p.as_str()).unwrap_or("/").to_string();
     let pass: Vec<(String, String)> = req

@@ -1,6 +1,6 @@
 //! Startup mistakes: one clear line on stderr and a non-zero exit.
 
-use crate::support::{eventually, free_port, ready_status, start_error, Server};
+use crate::support::{eventually, free_port, metric, ready_status, start_error, Server};
 
 fn expect_failure(args: &[&str], needle: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -148,6 +148,32 @@ async fn a_node_whose_only_seed_is_itself_starts_alone() {
     assert_eq!(s.put("k", "v", None).await.0, 204);
     let (status, _, body) = s.get("k").await;
     assert_eq!((status, body.as_str()), (200, "v"));
+}
+
+/// A seed naming this node under another name (`localhost` for
+/// `127.0.0.1`) shows itself when it answers gossip as this very node: it is
+/// dropped, so with no other seed the node is alone by design; with another
+/// seed that does not answer, talking to itself never makes the node act as
+/// if it knew the cluster.
+#[tokio::test]
+async fn a_seed_that_is_this_node_under_another_name_is_recognised() {
+    let port = free_port();
+    let alone =
+        Server::start_at(port, &["--gossip-interval-ms", "50", "--seeds", &format!("http://localhost:{port}")]).await;
+    assert_eq!(alone.url, format!("http://127.0.0.1:{port}"), "port {port} was taken before the node could bind it");
+    eventually("the node is ready, alone", || async { ready_status(&alone).await == 200 }).await;
+    assert_eq!(alone.put("k", "v", None).await.0, 204);
+
+    let port = free_port();
+    let nobody = free_port();
+    let seeds = format!("http://localhost:{port},http://127.0.0.1:{nobody}");
+    let waiting = Server::start_at(port, &["--gossip-interval-ms", "50", "--seeds", &seeds]).await;
+    assert_eq!(waiting.url, format!("http://127.0.0.1:{port}"), "port {port} was taken before the node could bind it");
+    // 40 rounds, each asking one of the two seeds at random: it has asked
+    // itself (and learnt that seed is itself) all but surely.
+    eventually("40 gossip rounds", || async { metric(&waiting, "dynakv_gossip_rounds_total").await >= 40.0 }).await;
+    assert_eq!(ready_status(&waiting).await, 503, "it must not take itself for the cluster");
+    assert_eq!(waiting.put("k", "v", None).await.0, 503);
 }
 
 /// What `cargo run --release` does: no flags, 127.0.0.1:8080, data in ./data.
