@@ -46,6 +46,10 @@ use crate::worker::{self, State, WorkError, Worker};
 pub const PEERS_PER_ROUND: usize = 2;
 /// Tree nodes asked about per request.
 pub const MAX_NODES_PER_CALL: usize = 4096;
+/// Leaves asked about per request: a leaf's answer lists its keys, and 256
+/// leaves are a sixteenth of a partition, so a large difference comes in
+/// pieces that each fit well within the request timeout.
+const LEAVES_PER_CALL: usize = 256;
 /// Keys repaired per round at most; the rest waits for the next round.
 pub const MAX_KEYS_PER_ROUND: usize = 100_000;
 /// Repair bytes (records pulled and pushed) per round at most.
@@ -296,12 +300,29 @@ pub async fn exchange_partitions(
     x.partitions = frontier.len() as u64;
     let mut differing: BTreeMap<u32, Vec<Differing>> = BTreeMap::new();
     let mut found = 0usize;
-    while !frontier.is_empty() && found < budget.keys {
+    // Nodes asked about but not answered (the key budget ran out, or a call
+    // failed after others had found keys to repair).
+    let mut unexplored = false;
+    'levels: while !frontier.is_empty() && found < budget.keys {
         let mut next = Vec::new();
-        for chunk in frontier.chunks(MAX_NODES_PER_CALL) {
+        let per_call = if frontier[0].level >= merkle::DEPTH { LEAVES_PER_CALL } else { MAX_NODES_PER_CALL };
+        for chunk in frontier.chunks(per_call) {
+            if found >= budget.keys {
+                unexplored = true;
+                break 'levels;
+            }
             let body = Bytes::from(wire::encode(&AeCompare { nodes: chunk.to_vec() }));
             x.sent += body.len() as u64;
-            let answer = node.call(target, Route::AntiEntropy, body).await?;
+            let answer = match node.call(target, Route::AntiEntropy, body).await {
+                Ok(a) => a,
+                // What was found so far is repaired; the rest next round.
+                Err(e) if found > 0 => {
+                    tracing::debug!(peer = %peer, error = %e, "anti-entropy comparison cut short");
+                    unexplored = true;
+                    break 'levels;
+                }
+                Err(e) => return Err(e),
+            };
             x.received += answer.len() as u64;
             let reply: AeReply = wire::decode(&answer).ok_or(TransportError::Malformed)?;
             // Only answers about what was asked: a peer's partition numbers
@@ -357,7 +378,7 @@ pub async fn exchange_partitions(
     }
     // Stopped at the key budget with branches left unexplored: more may
     // differ than was found, so the exchange is not complete.
-    if !frontier.is_empty() {
+    if !frontier.is_empty() || unexplored {
         x.truncated = true;
     }
     x.keys = found as u64;
@@ -410,6 +431,7 @@ async fn repair(
             .iter()
             .filter(|(_, theirs)| theirs.is_some())
             .map(|(key, _)| async move { (key, replica::read(node, view, target.id, partition, key).await) });
+        let mut failed = 0usize;
         for (key, got) in futures_util::future::join_all(pulls).await {
             x.sent += wire::read_op(key).len() as u64;
             match got {
@@ -417,18 +439,35 @@ async fn repair(
                     let n = record::encode(&rec).len() as u64;
                     x.received += n;
                     bytes += n;
-                    storage.merge(partition, key, &rec).map_err(|e| TransportError::Io(e.to_string()))?;
-                    x.pulled += 1;
+                    match storage.merge(partition, key, &rec) {
+                        Ok(_) => x.pulled += 1,
+                        Err(e) => {
+                            failed += 1;
+                            tracing::warn!(partition, error = %e, "anti-entropy could not merge a key; it stays for a later round");
+                        }
+                    }
                 }
                 Ok(None) => {}
-                Err(e) => return Err(into_transport(e)),
+                Err(e) if peer_unwell(&e) => return Err(into_transport(e)),
+                // One key the peer could not read (a record of its that does
+                // not decode): the others still go.
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(partition, error = %e, "anti-entropy could not pull a key; it stays for a later round");
+                }
             }
         }
         // Push where the peer's copy is not this node's merged one.
         let mut pushes = Vec::new();
         for (key, theirs) in chunk {
-            let Some(local) = storage.get(partition, key).map_err(|e| TransportError::Io(e.to_string()))? else {
-                continue;
+            let local = match storage.get(partition, key) {
+                Ok(Some(local)) => local,
+                Ok(None) => continue,
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(partition, error = %e, "anti-entropy could not read a key here; it stays for a later round");
+                    continue;
+                }
             };
             let encoded = record::encode(&local);
             if Some(merkle::item_hash(key, &encoded)) != *theirs {
@@ -440,15 +479,37 @@ async fn repair(
             (op_len, replica::merge(node, view, target.id, partition, key, local).await)
         });
         for (op_len, sent) in futures_util::future::join_all(sends).await {
-            sent.map_err(into_transport)?;
-            x.sent += op_len;
-            bytes += op_len;
-            x.pushed += 1;
+            match sent {
+                Ok(()) => {
+                    x.sent += op_len;
+                    bytes += op_len;
+                    x.pushed += 1;
+                }
+                Err(e) if peer_unwell(&e) => return Err(into_transport(e)),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(partition, error = %e, "the peer refused a key anti-entropy pushed; it stays for a later round");
+                }
+            }
+        }
+        if failed > 0 {
+            x.truncated = true;
         }
         budget.spend(chunk.len(), bytes);
         budget.pace().await;
     }
     Ok(())
+}
+
+/// Whether a failure of one key's pull or push says the peer cannot be
+/// talked to now (the exchange stops; a later round tries again), rather
+/// than that this key failed there (skipped; the others go on).
+fn peer_unwell(e: &replica::ReplicaError) -> bool {
+    match e {
+        replica::ReplicaError::Transport(t) => !matches!(t, TransportError::Remote(_) | TransportError::Status(_)),
+        replica::ReplicaError::Storage(_) => false,
+        _ => true,
+    }
 }
 
 fn into_transport(e: replica::ReplicaError) -> TransportError {

@@ -88,13 +88,27 @@ impl Worker for Tombstones {
     }
 }
 
+/// Logs and counts a due record that does not decode (once per key).
+fn undecodable(node: &Node, due: &crate::storage::Due, e: &crate::storage::record::RecordError) {
+    node.log_once(format!("undecodable {}/{}", due.partition, String::from_utf8_lossy(&due.key)), || {
+        node.metrics().corrupt_records.inc();
+        tracing::error!(partition = due.partition, key = %String::from_utf8_lossy(&due.key), error = %e, "a record due for expiry or purge does not decode; skipped");
+    });
+}
+
 /// One expiry round at `now`: returns (versions purged, index entries handled).
 pub fn expire_round(node: &Node, now: u64) -> Result<(u64, usize), StorageError> {
     let storage = node.storage();
     let due = storage.due(false, now, BATCH)?;
     let mut expired = 0;
     for d in &due {
-        expired += storage.expire(d.partition, &d.key, now)?;
+        match storage.expire(d.partition, &d.key, now) {
+            Ok(n) => expired += n,
+            // A record that does not decode cannot be judged: its entry goes,
+            // so that it does not hold up every later one.
+            Err(StorageError::Record(e)) => undecodable(node, d, &e),
+            Err(e) => return Err(e),
+        }
         storage.done(false, d)?;
     }
     node.metrics().expired_purged.inc_by(expired);
@@ -113,11 +127,16 @@ pub async fn tombstone_round(node: &Node, now: u64) -> Result<u64, StorageError>
     let view = node.view();
     let mut purged = 0;
     for due in due {
-        let local = match storage.get(due.partition, &due.key)? {
+        let local = match storage.get(due.partition, &due.key) {
             // Gone, or already purged down to its marker.
-            None => None,
-            Some(rec) if rec.is_empty() => None,
-            some => some,
+            Ok(None) => None,
+            Ok(Some(rec)) if rec.is_empty() => None,
+            Ok(some) => some,
+            Err(StorageError::Record(e)) => {
+                undecodable(node, &due, &e);
+                None
+            }
+            Err(e) => return Err(e),
         };
         let Some(local) = local else {
             storage.done(true, &due)?;

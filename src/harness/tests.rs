@@ -472,6 +472,55 @@ async fn an_empty_replica_is_refilled() {
     assert!(same_trees(cn, c.node("a")));
 }
 
+/// A key the peer cannot read (its record there does not decode) is
+/// skipped: the exchange still repairs every other key, and says it is
+/// incomplete so that a later round tries again.
+#[tokio::test]
+async fn a_key_the_peer_cannot_read_does_not_stop_the_repair_of_the_others() {
+    let c = Mem::new(2, &["--replicas", "2"]);
+    let (a, b) = (c.node("a"), c.node("b"));
+    let q = a.cfg().partitions;
+    let part = |k: &str| crate::ring::partition_of(k.as_bytes(), q);
+    let rec = record("w", b"only on b", false);
+    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        b.storage().merge(part(k), k.as_bytes(), &rec).unwrap();
+    }
+    build_trees(a);
+    build_trees(b);
+    // The key met first (lowest partition) goes bad on b's disk.
+    let bad = keys.iter().min_by_key(|k| (part(k), crate::merkle::leaf_of(k.as_bytes()), (*k).clone())).unwrap();
+    b.storage().corrupt(part(bad), bad.as_bytes());
+    let x = crate::antientropy::exchange(a, &a.view(), "b", &mut crate::antientropy::Budget::new())
+        .await
+        .expect("the exchange goes on past the bad key");
+    assert!(x.truncated, "incomplete: one key could not be repaired");
+    assert_eq!(x.pulled, 199);
+    for k in keys.iter().filter(|k| *k != bad) {
+        assert_eq!(c.held("a", k), 1, "{k}");
+    }
+}
+
+/// A record due for expiry that does not decode is skipped (and counted):
+/// it does not hold up the expiry of every key due after it.
+#[tokio::test]
+async fn an_undecodable_record_does_not_stop_expiry() {
+    let c = Mem::new(1, &[]);
+    let a = c.node("a");
+    let now = crate::clock::now_ms();
+    for (key, at) in [("first", now + 1_000), ("second", now + 2_000)] {
+        let mut w = write(key, "v", Level::Count(1));
+        w.content.expires_at_ms = Some(at);
+        coordinator::write(a, w).await.unwrap();
+    }
+    let q = a.cfg().partitions;
+    a.storage().corrupt(crate::ring::partition_of(b"first", q), b"first");
+    let (expired, handled) = crate::reaper::expire_round(a, now + 3_000).expect("the round goes on");
+    assert_eq!((expired, handled), (1, 2));
+    assert_eq!(c.held("a", "second"), 0, "the key due after the bad one expired");
+    assert_eq!(a.metrics().corrupt_records.get(), 1);
+}
+
 // Internal routes fed arbitrary bodies.
 
 /// One in-memory node shared by the fuzzing cases (opening sled per case

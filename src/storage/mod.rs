@@ -823,6 +823,13 @@ impl Storage {
         Ok(Some(removed))
     }
 
+    /// Overwrites `key`'s stored bytes with bytes that do not decode, behind
+    /// the Merkle tree's back (a disk fault, for tests).
+    #[cfg(test)]
+    pub(crate) fn corrupt(&self, partition: u32, key: &[u8]) {
+        self.tree(partition).unwrap().insert(ikey(key), &[9u8, 9, 9][..]).unwrap();
+    }
+
     /// Whether this node stores any key of `partition`.
     pub fn has_data(&self, partition: u32) -> Result<bool, StorageError> {
         Ok(!self.tree(partition)?.is_empty())
