@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use crate::clock::now_ms;
 use crate::cluster::ClusterView;
 use crate::node::Node;
+use crate::ownership::Standing;
 use crate::replica::{self, ReplicaCopy, ReplicaError};
 use crate::storage::{Content, Record, StorageError};
 use crate::transport::wire;
@@ -103,9 +104,22 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
     // cluster holds, as on a holder: a blind write then supersedes the
     // key's versions instead of standing beside them as a sibling. With no
     // holder answering it writes over its own copy, as before.
+    //
+    // `complete`: this node's copy of the key is known to hold every dot it
+    // issued for the key, so a new version may claim the counters below its
+    // dot (see `new_version`). True where the partition is held here, or a
+    // holder's copy (or word that it has none) came in first; not where
+    // the copy was dropped (handed off) or the holder did not answer.
+    let mut complete = matches!(node.standing(partition), Standing::Held | Standing::Outbound);
     if node.receiving(&view, partition) {
-        if let Ok(Some(copy)) = replica::local_read(node, &view, partition, &w.key).await {
-            storage.merge(partition, &w.key, &copy)?;
+        complete = false;
+        match replica::local_read(node, &view, partition, &w.key).await {
+            Ok(Some(copy)) => {
+                storage.merge(partition, &w.key, &copy)?;
+                complete = true;
+            }
+            Ok(None) => complete = true,
+            Err(_) => {}
         }
     }
     let floor = storage.dot_floor();
@@ -129,7 +143,8 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
             if !caught_up && mine > 0 && mine < run_floor {
                 return Err(Step::CatchUp);
             }
-            let (next, clock) = new_version(&current, w.context.as_ref(), me, (floor, run_floor), w.content.clone());
+            let (next, clock) =
+                new_version(&current, w.context.as_ref(), me, (floor, run_floor), complete, w.content.clone());
             // A write that leaves fewer versions than before is never refused.
             if next.len() > limit && next.len() >= current.len() {
                 return Err(Step::Refused(CoordError::TooManySiblings { limit, would: next.len() }));
@@ -141,7 +156,7 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
         match storage.update(partition, &w.key, compute)? {
             Ok((clock, stored)) => break (clock, stored.unwrap_or_default()),
             Err(Step::CatchUp) => {
-                catch_up(node, &view, &set.owners, partition, &w.key).await?;
+                complete &= catch_up(node, &view, &set.owners, partition, &w.key).await?;
                 caught_up = true;
             }
             Err(Step::Refused(e)) => {
@@ -176,20 +191,22 @@ enum Step {
 }
 
 /// Merges into this node's copy of `key` what the other live owners hold
-/// (those that answer; a write goes ahead with what it got).
+/// (those that answer; a write goes ahead with what it got). Returns
+/// whether every one of them answered.
 async fn catch_up(
     node: &Node,
     view: &ClusterView,
     owners: &[String],
     partition: u32,
     key: &[u8],
-) -> Result<(), CoordError> {
+) -> Result<bool, CoordError> {
     let others = owners.iter().filter(|id| *id != node.id() && view.is_alive(id));
     let copies = futures_util::future::join_all(others.map(|id| replica::read_held(node, view, id, key))).await;
+    let all = copies.iter().all(Result::is_ok);
     for copy in copies.into_iter().flatten().flatten() {
         node.storage().merge(partition, key, &copy)?;
     }
-    Ok(())
+    Ok(all)
 }
 
 /// Sends `record` to every other owner in `set` (stand-ins for the ones that
@@ -326,12 +343,17 @@ async fn send_one(
 /// claims every counter of this node below the new dot as seen, as a blind
 /// write claims what the coordinator holds: this keeps the context one
 /// vector entry instead of a cloud that grows with every write, and
-/// supersedes leftovers of the key's earlier life on a stale replica.
+/// supersedes leftovers of the key's earlier life on a stale replica. Only
+/// when `complete` says `current` holds every dot this node issued for the
+/// key: otherwise a claim could cover a version neither this copy nor the
+/// writer ever saw (this node handed the partition off and dropped it, or
+/// no other owner answered its catch-up), and the dot stays in the cloud.
 pub fn new_version(
     current: &Record,
     context: Option<&Context>,
     node: &str,
     floors: (u64, u64),
+    complete: bool,
     content: Content,
 ) -> (Record, Context) {
     let (floor, run_floor) = floors;
@@ -350,7 +372,7 @@ pub fn new_version(
     // stays a sibling: no claim then (the dot waits in the cloud until a
     // write that resolves the siblings makes the claim).
     let supersedes_own = current.values().iter().all(|v| v.dot.node != node || ctx.covers(&v.dot));
-    if behind && supersedes_own {
+    if behind && supersedes_own && complete {
         // Claim the counters below the dot, so the vector absorbs it.
         ctx.witness(node, dot.counter - 1);
     }
@@ -657,17 +679,17 @@ mod tests {
 
     #[test]
     fn a_write_after_expiry_replaces_the_expired_value() {
-        let (r, _) = new_version(&Record::new(), None, "a", (0, 0), content("old", 10, Some(20)));
+        let (r, _) = new_version(&Record::new(), None, "a", (0, 0), true, content("old", 10, Some(20)));
         // A stale context that never saw the expiring value.
-        let (r, _) = new_version(&r, Some(&Context::new()), "b", (0, 0), content("new", 30, None));
+        let (r, _) = new_version(&r, Some(&Context::new()), "b", (0, 0), true, content("new", 30, None));
         assert_eq!(r.len(), 1);
         assert_eq!(r.values()[0].payload.value, b"new"[..]);
     }
 
     #[test]
     fn the_returned_clock_is_the_new_versions_not_the_keys() {
-        let (r, _) = new_version(&Record::new(), None, "a", (0, 0), content("x", 1, None));
-        let (r, clock) = new_version(&r, Some(&Context::new()), "b", (0, 0), content("y", 2, None));
+        let (r, _) = new_version(&Record::new(), None, "a", (0, 0), true, content("x", 1, None));
+        let (r, clock) = new_version(&r, Some(&Context::new()), "b", (0, 0), true, content("y", 2, None));
         assert_eq!(r.len(), 2);
         assert!(!clock.covers(&r.values()[0].dot));
         assert!(clock.covers(&r.values()[1].dot));
@@ -679,7 +701,7 @@ mod tests {
         let mut r = Record::new();
         let mut clock = Context::new();
         for i in 0..50 {
-            let (next, c) = new_version(&r, None, "a", (1_000_000, 0), content("v", i, None));
+            let (next, c) = new_version(&r, None, "a", (1_000_000, 0), true, content("v", i, None));
             r = next;
             clock = c;
         }
@@ -693,13 +715,13 @@ mod tests {
     fn a_key_written_again_after_a_purge_supersedes_its_earlier_life() {
         // Earlier life: written and deleted via node a; a stale replica still
         // holds the tombstone after a purged its copy.
-        let (live, _) = new_version(&Record::new(), None, "a", (0, 0), content("old", 1, None));
+        let (live, _) = new_version(&Record::new(), None, "a", (0, 0), true, content("old", 1, None));
         let mut tomb = content("", 2, None);
         tomb.deleted = true;
-        let (stale, _) = new_version(&live, None, "a", (0, 0), tomb);
+        let (stale, _) = new_version(&live, None, "a", (0, 0), true, tomb);
         let floor = stale.values()[0].dot.counter;
         // New life, from an empty record at a with the node's floor.
-        let (fresh, _) = new_version(&Record::new(), None, "a", (floor, 0), content("new", 3, None));
+        let (fresh, _) = new_version(&Record::new(), None, "a", (floor, 0), true, content("new", 3, None));
         assert!(fresh.values()[0].dot.counter > floor, "no dot of the earlier life is reused");
         let merged = fresh.sync(&stale);
         assert_eq!(merged.len(), 1, "{merged:?}");
@@ -713,9 +735,28 @@ mod tests {
         // node with a fixed id).
         let mut old = Context::new();
         old.witness("a", 5);
-        let (r, clock) = new_version(&Record::new(), Some(&old), "a", (2, 0), content("x", 1, None));
+        let (r, clock) = new_version(&Record::new(), Some(&old), "a", (2, 0), true, content("x", 1, None));
         assert_eq!(r.values()[0].dot.counter, 6);
         assert!(clock.cloud().is_empty());
+    }
+
+    #[test]
+    fn a_copy_not_known_complete_claims_nothing_below_the_new_dot() {
+        // a wrote v1 (a:5), then handed the partition off and dropped its
+        // copy; a write it coordinates later, over an empty copy, must not
+        // supersede v1, which neither it nor the writer saw.
+        let (elsewhere, _) = new_version(&Record::new(), None, "a", (4, 0), true, content("v1", 1, None));
+        let v1 = elsewhere.values()[0].dot.clone();
+        let (mine, clock) =
+            new_version(&Record::new(), Some(&Context::new()), "a", (10, 10), false, content("v2", 2, None));
+        assert!(!clock.covers(&v1), "{clock:?}");
+        let merged = elsewhere.sync(&mine);
+        assert_eq!(merged.len(), 2, "v1 survives as a sibling: {merged:?}");
+        // Over a copy known complete, the same write claims the counters
+        // below its dot (this copy would hold v1 if a had issued it).
+        let (_, clock) =
+            new_version(&Record::new(), Some(&Context::new()), "a", (10, 10), true, content("v2", 2, None));
+        assert!(clock.covers(&v1));
     }
 
     #[test]
@@ -724,42 +765,45 @@ mod tests {
         // was wiped and refilled from a replica that had only v1, which
         // another replica still holds v2 beside. This run's floor is far
         // above: the next write must not be a:6 again.
-        let (stale, _) = new_version(&Record::new(), None, "a", (4, 0), content("v1", 1, None));
+        let (stale, _) = new_version(&Record::new(), None, "a", (4, 0), true, content("v1", 1, None));
         assert_eq!(stale.values()[0].dot.counter, 5);
-        let (newer, _) = new_version(&stale, None, "a", (5, 0), content("v2", 2, None));
+        let (newer, _) = new_version(&stale, None, "a", (5, 0), true, content("v2", 2, None));
         assert_eq!(newer.values()[0].dot.counter, 6);
         let run_floor = 1 << 40;
-        let (after, clock) = new_version(&stale, None, "a", (run_floor, run_floor), content("v3", 3, None));
+        let (after, clock) = new_version(&stale, None, "a", (run_floor, run_floor), true, content("v3", 3, None));
         let dot = &after.values()[0].dot;
         assert!(dot.counter > run_floor, "{dot:?}");
         assert!(clock.cloud().is_empty(), "the vector absorbs the jump: {clock:?}");
-        // Merged with a replica holding v2 that this copy never had (a
-        // catch-up found no one answering), v3 stands: a blind write
-        // supersedes the key's earlier life, as after a purge.
+        // Merged with a replica holding v2 that this copy never had though
+        // it was taken for complete, v3 stands: a blind write supersedes the
+        // key's earlier life, as after a purge. (A copy not known complete
+        // claims nothing: see the next test.)
         let merged = after.sync(&newer);
         assert_eq!(merged.len(), 1, "{merged:?}");
         assert_eq!(merged.values()[0].payload.value, b"v3"[..]);
         // A writer whose context missed a version of this node held here
         // makes a sibling of it, jump or not.
-        let (sib, _) = new_version(&stale, Some(&Context::new()), "a", (run_floor, run_floor), content("s", 3, None));
+        let (sib, _) =
+            new_version(&stale, Some(&Context::new()), "a", (run_floor, run_floor), true, content("s", 3, None));
         assert_eq!(sib.len(), 2, "{sib:?}");
         // Within the run, consecutive writes stay contiguous.
-        let (next, _) = new_version(&after, None, "a", (dot.counter, run_floor), content("v4", 4, None));
+        let (next, _) = new_version(&after, None, "a", (dot.counter, run_floor), true, content("v4", 4, None));
         assert_eq!(next.values()[0].dot.counter, dot.counter + 1);
     }
 
     #[test]
     fn a_jump_beside_a_sibling_is_absorbed_once_a_write_resolves_the_siblings() {
         let run_floor = 1 << 40;
-        let (stale, _) = new_version(&Record::new(), None, "a", (4, 0), content("v1", 1, None));
+        let (stale, _) = new_version(&Record::new(), None, "a", (4, 0), true, content("v1", 1, None));
         // A writer that saw nothing: a sibling, its dot left in the cloud.
-        let (sib, _) = new_version(&stale, Some(&Context::new()), "a", (run_floor, run_floor), content("s", 2, None));
+        let (sib, _) =
+            new_version(&stale, Some(&Context::new()), "a", (run_floor, run_floor), true, content("s", 2, None));
         assert_eq!(sib.len(), 2);
         // Blind writes resolve both; from the first, contexts stay compact.
         let mut r = sib;
         for i in 0..20 {
             let floor = r.values().iter().map(|v| v.dot.counter).max().unwrap();
-            let (next, clock) = new_version(&r, None, "a", (floor, run_floor), content("x", 3 + i, None));
+            let (next, clock) = new_version(&r, None, "a", (floor, run_floor), true, content("x", 3 + i, None));
             assert_eq!(next.len(), 1);
             assert!(clock.cloud().is_empty(), "write {i}: {clock:?}");
             r = next;
@@ -769,7 +813,7 @@ mod tests {
 
     #[test]
     fn expired_values_are_hidden_but_their_clock_is_kept() {
-        let (r, _) = new_version(&Record::new(), None, "a", (0, 0), content("x", 1, Some(5)));
+        let (r, _) = new_version(&Record::new(), None, "a", (0, 0), true, content("x", 1, Some(5)));
         let seen = visible(r.clone(), 10);
         assert!(seen.visible.is_empty());
         assert!(seen.context.covers(&r.values()[0].dot));
