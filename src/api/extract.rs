@@ -155,8 +155,21 @@ pub fn context(headers: &HeaderMap) -> Result<Option<Context>, ApiError> {
     if s.trim().is_empty() {
         return Ok(None);
     }
-    Ok(Some(token::decode(s)?))
+    let ctx = token::decode(s)?;
+    // A node's counters start at most at the wall clock in milliseconds
+    // times 2^20 (a new data dir) and grow by one per write; a context
+    // naming a counter a year beyond that was made up. Taken in, it would
+    // carry the node's counters towards the token format's limit, after
+    // which no context that node hands out would be accepted any more.
+    let bound = crate::clock::now_ms().saturating_add(YEAR_MS) << crate::storage::DOT_EPOCH_SHIFT;
+    let summary = ctx.summary();
+    if summary.entries().any(|(_, c)| c > bound) {
+        return Err(ApiError::InvalidContext(token::ContextError::Invalid));
+    }
+    Ok(Some(ctx))
 }
+
+const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// The `Content-Type` to store (default `application/octet-stream`).
 pub fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -207,4 +220,33 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|part| part.trim().starts_with("application/json")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::Dot;
+
+    fn with(ctx: &Context) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(X_CONTEXT, token::encode(ctx).parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn a_context_naming_a_counter_no_node_could_have_issued_is_refused() {
+        let now = crate::clock::now_ms() << crate::storage::DOT_EPOCH_SHIFT;
+        let mut fine = Context::new();
+        fine.witness("a", now + 1_000_000);
+        fine.add(Dot { node: "b".into(), counter: 7 });
+        assert_eq!(context(&with(&fine)).unwrap(), Some(fine));
+        for forged in [1u64 << 61, token::MAX_COUNTER] {
+            let mut ctx = Context::new();
+            ctx.witness("a", forged);
+            assert!(matches!(context(&with(&ctx)), Err(ApiError::InvalidContext(_))), "{forged}");
+            let mut ctx = Context::new();
+            ctx.add(Dot { node: "b".into(), counter: forged });
+            assert!(matches!(context(&with(&ctx)), Err(ApiError::InvalidContext(_))), "{forged} in the cloud");
+        }
+    }
 }

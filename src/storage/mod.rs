@@ -69,7 +69,7 @@ const DOT_RESERVE: u64 = 1 << 20;
 /// this much: above every counter its node id can have issued before (that
 /// would take 2^20 counters per millisecond), so a node whose data dir was
 /// lost never reissues a dot (SPEC §4, "A lost data dir is not amnesia").
-const DOT_EPOCH_SHIFT: u32 = 20;
+pub const DOT_EPOCH_SHIFT: u32 = 20;
 
 /// Most hints one node keeps; past it, hint requests are refused, the
 /// coordinator counts the stand-in as not acked, and the owner catches up by
