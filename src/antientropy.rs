@@ -82,6 +82,9 @@ pub struct Exchange {
     /// Partitions the peer could not compare (it does not replicate them or
     /// has not built their trees yet).
     pub not_ready: u64,
+    /// Keys that failed on their own (a record that does not decode on one
+    /// side, a refused push): skipped, logged, tried again next round.
+    pub skipped: u64,
 }
 
 impl Exchange {
@@ -95,6 +98,7 @@ impl Exchange {
         self.received += o.received;
         self.truncated |= o.truncated;
         self.not_ready += o.not_ready;
+        self.skipped += o.skipped;
     }
 }
 
@@ -184,6 +188,7 @@ impl Worker for AntiEntropy {
                 bytes_sent = total.sent,
                 bytes_received = total.received,
                 truncated = total.truncated,
+                skipped = total.skipped,
                 "anti-entropy repaired replicas"
             );
         }
@@ -492,9 +497,7 @@ async fn repair(
                 }
             }
         }
-        if failed > 0 {
-            x.truncated = true;
-        }
+        x.skipped += failed as u64;
         budget.spend(chunk.len(), bytes);
         budget.pace().await;
     }

@@ -102,8 +102,11 @@ pub async fn exchange(node: &Node, id: &str, address: &str) -> Result<(), Transp
     let reply = node.call(Target { id, address }, Route::Gossip, Bytes::from(msg)).await?;
     let reply: GossipMessage = serde_json::from_slice(&reply).map_err(|_| TransportError::Malformed)?;
     if node.is_own_echo(&reply) {
-        node.seed_is_self(address);
+        node.seed_echoed(address);
         return Ok(());
+    }
+    if id == "seed" {
+        node.seed_answered(address);
     }
     // The same checks as an incoming exchange (another Q is logged there).
     if let Err(e) = node.accept_gossip(&reply) {

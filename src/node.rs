@@ -9,7 +9,7 @@
 //! gossip exchanges, goes through [`Node::spawn`] into one `TaskTracker`, so
 //! a shutdown can wait for all of them with a deadline.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,9 +78,12 @@ pub struct Node {
     /// that was a new cluster or a wiped member (see `apply_gossip`).
     started_alone: AtomicBool,
     /// The seeds other than this node itself (kept, not re-parsed per
-    /// request); a seed that answers gossip as this node (its own address
-    /// under another spelling) is dropped when that shows.
+    /// request); a seed that keeps answering gossip as this node (its own
+    /// address under another spelling) is dropped when that shows.
     seeds: Mutex<Vec<String>>,
+    /// Per seed, how many gossip exchanges it answered as this node
+    /// (`u32::MAX`: it answered as another node once, and is kept).
+    seed_echoes: Mutex<HashMap<String, u32>>,
     /// Which partitions this node holds, receives and hands off; persisted.
     ownership: Mutex<Ownership>,
 }
@@ -141,6 +144,7 @@ impl Node {
             heard_cluster: AtomicBool::new(false),
             started_alone: AtomicBool::new(started_alone),
             seeds: Mutex::new(cfg.other_seed_urls()),
+            seed_echoes: Mutex::default(),
             ownership: Mutex::new(ownership),
             cfg,
         };
@@ -164,16 +168,32 @@ impl Node {
         self.seeds.lock().expect("seeds lock").clone()
     }
 
-    /// The seed at `address` answered gossip as this very node: it is this
-    /// node under another name (`localhost` for `127.0.0.1`, say), and is
-    /// dropped, so that a node whose seeds all name itself is alone by
-    /// design, as one without seeds.
-    pub fn seed_is_self(&self, address: &str) {
-        let mut seeds = self.seeds.lock().expect("seeds lock");
-        if let Some(at) = seeds.iter().position(|s| s == address) {
-            seeds.remove(at);
-            tracing::info!(seed = address, "this seed is this node itself; ignored from now on");
+    /// The seed at `address` answered gossip as this very node. After
+    /// [`SELF_ECHOES`] such answers, and never one from another
+    /// node, it is taken for this node under another name (`localhost` for
+    /// `127.0.0.1`, say) and dropped, so that a node whose seeds all name
+    /// itself is alone by design, as one without seeds. (A name that
+    /// balances over several nodes, this one included, answers as another
+    /// node sooner or later, and stays.)
+    pub fn seed_echoed(&self, address: &str) {
+        let mut echoes = self.seed_echoes.lock().expect("seed echoes lock");
+        let n = echoes.entry(address.to_string()).or_insert(0);
+        if *n == u32::MAX {
+            return;
         }
+        *n += 1;
+        if *n >= SELF_ECHOES {
+            let mut seeds = self.seeds.lock().expect("seeds lock");
+            if let Some(at) = seeds.iter().position(|s| s == address) {
+                seeds.remove(at);
+                tracing::info!(seed = address, "this seed is this node itself; ignored from now on");
+            }
+        }
+    }
+
+    /// The seed at `address` answered gossip as another node: it is kept.
+    pub fn seed_answered(&self, address: &str) {
+        self.seed_echoes.lock().expect("seed echoes lock").insert(address.to_string(), u32::MAX);
     }
 
     /// This node's id (from the flag or the data dir).
@@ -306,10 +326,12 @@ impl Node {
         let mut back = false;
         let view = self.update_members(|t| {
             let now = SystemTime::now();
-            t.refresh(now, timeouts);
+            // A status that changed is saved with the table, so that a
+            // restart does not bring a member back alive (`idle_ms`).
+            let changed = t.refresh(now, timeouts);
             t.bump(now);
             back = t.take_back_from_isolation();
-            false
+            changed
         });
         if back {
             self.back_from_isolation();
@@ -395,11 +417,11 @@ impl Node {
             // Members first heard of start as old as the sender's news of
             // them: one it holds dead is dead here too, before any view shows
             // it on the ring.
-            t.refresh(now, timeouts);
+            let refreshed = t.refresh(now, timeouts);
             conflicts = t.take_conflicts();
             overflow = t.take_overflow();
             back = t.take_back_from_isolation();
-            changed
+            changed || refreshed
         });
         if forgot {
             tracing::warn!(
@@ -557,6 +579,10 @@ impl Node {
         GossipMessage { from: self.id.clone(), partitions: self.cfg.partitions, members }
     }
 }
+
+/// Gossip answers from a seed as this node itself (and none as another)
+/// after which the seed is taken for this node under another name.
+const SELF_ECHOES: u32 = 10;
 
 /// The failure detector's timeouts as configured.
 fn timeouts_of(cfg: &Config) -> Timeouts {

@@ -6,7 +6,8 @@
 //! not every published view) and every second. It
 //! reconciles the node's [`crate::ownership::Ownership`] with the ring, then:
 //!
-//! - **receives** up to `--transfer-max-partitions` partitions at once. A
+//! - **receives** up to `--transfer-max-partitions` partitions at once by
+//!   stream, and up to 16 by Merkle catch-up. A
 //!   partition it has nothing of is *streamed* from a node that holds it
 //!   (`POST /internal/transfer`, pages of up to 1,000 keys or 2 MiB, merged
 //!   here with `Siblings::sync`), with a cursor persisted after every page so
@@ -58,6 +59,8 @@ const HANDOFF_PAGE: usize = 500;
 const SLICE: Duration = Duration::from_secs(10);
 /// How often the worker looks again without a ring change.
 const TICK: Duration = Duration::from_secs(1);
+/// Partitions caught up by Merkle exchange at once.
+const SYNCS_AT_ONCE: usize = 16;
 
 /// Spreads bytes over time: at most `per_sec` on average.
 #[derive(Debug)]
@@ -105,7 +108,14 @@ pub struct Transfers {
     /// move does not hold up all the others behind it.
     next_in: u32,
     next_out: u32,
+    /// Since when each inbound partition has been caught up with some of
+    /// its owners but waits for another that holds it and cannot be
+    /// compared (see [`sync`]).
+    waits: Waits,
 }
+
+/// Per partition, since when it waits for an owner (see [`sync`]).
+type Waits = Mutex<std::collections::HashMap<u32, Instant>>;
 
 impl Transfers {
     /// A worker for `node`.
@@ -118,6 +128,7 @@ impl Transfers {
             outbound_rate: Arc::new(RateLimit::new(rate)),
             next_in: 0,
             next_out: 0,
+            waits: Waits::default(),
             node,
         }
     }
@@ -136,13 +147,29 @@ impl Worker for Transfers {
         let view = node.view();
         reconcile(node, &view)?;
         let (from, max) = (self.next_in, node.cfg().transfer_max_partitions as usize);
+        // Up to `--transfer-max-partitions` streams at once, and up to
+        // SYNCS_AT_ONCE Merkle catch-ups (cheap where nothing differs: a
+        // restart verifies every partition it holds this way; without
+        // trees a catch-up is a stream too).
+        let trees = node.cfg().anti_entropy_interval_ms > 0;
         let inbound: Vec<(u32, Inbound)> = node.ownership(|o| {
             let all = o.inbound();
-            all.range(from..).chain(all.range(..from)).take(max).map(|(p, i)| (*p, i.clone())).collect()
+            let (mut streams, mut syncs) = (0, 0);
+            all.range(from..)
+                .chain(all.range(..from))
+                .filter(|(_, i)| {
+                    let stream = i.mode == Mode::Stream || !trees;
+                    let n = if stream { &mut streams } else { &mut syncs };
+                    *n += 1;
+                    *n <= if stream { max } else { SYNCS_AT_ONCE }
+                })
+                .map(|(p, i)| (*p, i.clone()))
+                .collect()
         });
         let rate = self.inbound_rate.clone();
+        let waits = &self.waits;
         let moved = futures_util::future::join_all(
-            inbound.iter().map(|(p, i)| receive(node, &view, *p, i.clone(), rate.clone())),
+            inbound.iter().map(|(p, i)| receive(node, &view, *p, i.clone(), rate.clone(), waits)),
         )
         .await;
         if moved.iter().any(|m| !m) {
@@ -223,10 +250,17 @@ async fn ask(
 
 /// Works on one inbound partition for up to a slice; returns whether it
 /// made progress.
-async fn receive(node: &Node, view: &ClusterView, partition: u32, inbound: Inbound, rate: Arc<RateLimit>) -> bool {
+async fn receive(
+    node: &Node,
+    view: &ClusterView,
+    partition: u32,
+    inbound: Inbound,
+    rate: Arc<RateLimit>,
+    waits: &Waits,
+) -> bool {
     let trees = node.cfg().anti_entropy_interval_ms > 0;
     match inbound.mode {
-        Mode::Sync if trees && node.storage().tree_ready(partition) => sync(node, view, partition).await,
+        Mode::Sync if trees && node.storage().tree_ready(partition) => sync(node, view, partition, waits).await,
         // The trees are still being built.
         Mode::Sync if trees => false,
         // Without Merkle trees (anti-entropy off) a stale copy is
@@ -274,10 +308,14 @@ async fn catch_up(node: &Node, view: &ClusterView, partition: u32, from: &str) -
 /// that lost its data, then wrote over a key it lacked, would supersede
 /// the version it never saw). An owner that holds the partition but cannot
 /// be compared now (unreachable, paused, its tree still building) is tried
-/// again next round, until it can or it is off the ring (dead). When no
-/// owner holds it (they are receiving it too), the first other holder in
-/// ring order is enough, as for a stream.
-async fn sync(node: &Node, view: &ClusterView, partition: u32) -> bool {
+/// again next round, until it can or it is off the ring (dead); once some
+/// owner was compared, the wait for the others lasts at most the dead
+/// timeout (an owner this node cannot reach while the others can, or one
+/// running without Merkle trees, would otherwise keep it unready for good),
+/// and anti-entropy compares them later. Only when no owner holds it (they
+/// are receiving it too) is the first other holder in ring order enough,
+/// as for a stream.
+async fn sync(node: &Node, view: &ClusterView, partition: u32, waits: &Waits) -> bool {
     let probe = TransferRequest { partition, after: None, limit: 0 };
     let owners: Vec<String> =
         view.ring().preference_list(partition).into_iter().filter(|id| *id != view.me()).map(str::to_string).collect();
@@ -294,15 +332,34 @@ async fn sync(node: &Node, view: &ClusterView, partition: u32) -> bool {
         }
     }
     if done > 0 && !waiting {
+        waits.lock().expect("waits lock").remove(&partition);
         node.update_ownership(|o| o.received(partition));
         node.metrics().transfers_finished.with_label_values(&["in"]).inc();
         tracing::info!(partition, holders = done, "partition caught up with every owner holding it");
         return true;
     }
-    if done > 0 || moved {
+    if done > 0 && !moved {
+        let since = *waits.lock().expect("waits lock").entry(partition).or_insert_with(Instant::now);
+        if since.elapsed() >= Duration::from_millis(node.cfg().dead_after_ms) {
+            waits.lock().expect("waits lock").remove(&partition);
+            node.update_ownership(|o| o.received(partition));
+            node.metrics().transfers_finished.with_label_values(&["in"]).inc();
+            tracing::warn!(
+                partition,
+                holders = done,
+                "an owner holding this partition could not be compared for the dead timeout; \
+                 taking it as caught up (anti-entropy compares it later)"
+            );
+            return true;
+        }
         node.log_once(format!("waiting for an owner of partition {partition}"), || {
             tracing::info!(partition, "caught up with some owners; waiting for another that holds it to answer")
         });
+        return false;
+    }
+    // An owner holds it but could not be compared (or the comparison moved
+    // part of it): not another holder, which may lack what the owners have.
+    if done > 0 || moved || waiting {
         return moved;
     }
     let others: Vec<String> = candidates(view, partition).into_iter().filter(|c| !owners.contains(c)).collect();

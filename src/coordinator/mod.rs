@@ -33,7 +33,6 @@ use tokio::time::Instant;
 use crate::clock::now_ms;
 use crate::cluster::ClusterView;
 use crate::node::Node;
-use crate::ownership::Standing;
 use crate::replica::{self, ReplicaCopy, ReplicaError};
 use crate::storage::{Content, Record, StorageError};
 use crate::transport::wire;
@@ -105,28 +104,27 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
     // key's versions instead of standing beside them as a sibling. With no
     // holder answering it writes over its own copy, as before.
     //
+    //
     // `complete`: this node's copy of the key is known to hold every dot it
     // issued for the key, so a new version may claim the counters below its
-    // dot (see `new_version`). True where the partition is held here, or a
-    // holder's copy (or word that it has none) came in first; not where
-    // the copy was dropped (handed off) or the holder did not answer.
-    let mut complete = matches!(node.standing(partition), Standing::Held | Standing::Outbound);
-    if node.receiving(&view, partition) {
-        complete = false;
-        match replica::local_read(node, &view, partition, &w.key).await {
-            Ok(Some(copy)) => {
-                storage.merge(partition, &w.key, &copy)?;
-                complete = true;
-            }
-            Ok(None) => complete = true,
-            Err(_) => {}
+    // dot (see `new_version`). True where the partition is held here (and
+    // not being verified), or where every other live owner's copy came in
+    // first; not where the copy was dropped (handed off) or an owner did
+    // not answer: one holder may lack a write another owner has.
+    let receiving = node.receiving(&view, partition);
+    let mut complete = !receiving && node.ownership(|o| o.holds(partition));
+    if receiving {
+        if let Ok(Some(copy)) = replica::local_read(node, &view, partition, &w.key).await {
+            storage.merge(partition, &w.key, &copy)?;
         }
+        complete = catch_up(node, &view, &set.owners, partition, &w.key).await?;
     }
     let floor = storage.dot_floor();
     let run_floor = storage.run_floor();
     let limit = node.cfg().max_siblings as usize;
 
-    let mut caught_up = false;
+    // A receiving node caught up with the owners just above.
+    let mut caught_up = receiving;
     // Stored here even when this node is not a replica (it coordinates from
     // outside the preference list only when no replica took the forwarded
     // request): it keeps every dot it issues, which keeps dots unique (see

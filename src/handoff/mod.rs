@@ -236,7 +236,18 @@ async fn hand_off_hints(node: &Node, view: &ClusterView, after: &Ring) -> Result
     let mut handed = 0u64;
     let mut stalled = 0u64;
     loop {
-        let hints = storage.hints(BATCH).map_err(|e| e.to_string())?;
+        // Every hint that decodes, page by page (one that does not cannot be
+        // handed to anyone, and does not hide those after it).
+        let mut hints = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page = storage.hints_after(cursor.as_deref(), BATCH).map_err(|e| e.to_string())?;
+            hints.extend(page.hints);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
         if hints.is_empty() {
             return Ok(handed);
         }

@@ -251,6 +251,30 @@ async fn a_wiped_node_catches_up_with_every_replica_not_only_the_one_it_streamed
 }
 
 #[tokio::test]
+async fn an_owner_that_cannot_compare_delays_readiness_by_at_most_the_dead_timeout() {
+    // n3 runs without Merkle trees, so it answers every comparison "not
+    // ready". n2 restarts and verifies what it holds against the other
+    // owners: n1 compares, n3 never will. n2 must not stay unready for
+    // good (its wait for n3 ends after the dead timeout, 6 s here).
+    let mut c = Cluster::start(2, &[]).await;
+    let n3 = c.join(FAST, &["--anti-entropy-interval-ms", "0"]).await;
+    c.wait_all_alive().await;
+    c.wait_all_ready().await;
+    for i in 0..20 {
+        assert_eq!(put(c.node(0), &format!("r{i}"), "v", "?w=all").await, 204);
+    }
+    assert!(c.nodes[1].terminate().success());
+    c.nodes[1].restart().await;
+    let restarted = std::time::Instant::now();
+    eventually("n2 ready again", || async { ready_status(c.node(1)).await == 200 }).await;
+    assert!(restarted.elapsed() < DEADLINE, "ready within the deadline");
+    assert_eq!(ready_status(c.node(n3)).await, 200);
+    for i in 0..20 {
+        assert_eq!(c.node(1).get(&format!("r{i}")).await.2, "v");
+    }
+}
+
+#[tokio::test]
 async fn a_wiped_first_node_without_seeds_refills_instead_of_passing_for_a_new_cluster() {
     // n1 runs without --seeds (it is the others' seed). Wiped and started
     // again, it first looks like a new cluster's only node; the others'
