@@ -424,8 +424,18 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
     let mut g = Gather::new(node, view, partition, Arc::new(key.to_vec()), whole_from, tally);
     for id in &pref {
         if id == node.id() && !receiving {
-            let local = node.storage().get(partition, key)?;
-            g.take((id.clone(), Some(ReplicaCopy::Full(local))));
+            match node.storage().get(partition, key) {
+                Ok(local) => g.take((id.clone(), Some(ReplicaCopy::Full(local)))),
+                // This node's copy does not decode: it counts as a replica
+                // that did not answer (the others can still meet R), and
+                // read repair or anti-entropy replaces it.
+                Err(StorageError::Record(e)) => {
+                    node.metrics().corrupt_records.inc();
+                    tracing::error!(partition, error = %e, "this node's copy of a key does not decode; read from the others");
+                    g.take((id.clone(), None));
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
             // Remote replicas, and this node while it is still receiving the
             // partition (its answer then includes a holder's copy).

@@ -500,6 +500,25 @@ async fn a_key_the_peer_cannot_read_does_not_stop_the_repair_of_the_others() {
     }
 }
 
+/// A coordinator whose own copy of a key does not decode still reads it
+/// from the other replicas (instead of failing the request), and a merge
+/// of a good copy replaces the bad one.
+#[tokio::test]
+async fn a_copy_that_does_not_decode_is_read_around_and_healed() {
+    let c = Mem::new(3, &[]);
+    let a = c.node("a");
+    coordinator::write(a, write("k", "v", Level::All)).await.unwrap();
+    let p = crate::ring::partition_of(b"k", a.cfg().partitions);
+    a.storage().corrupt(p, b"k");
+    assert!(a.storage().get(p, b"k").is_err());
+    let read = coordinator::read(a, b"k", Level::Quorum).await.expect("the others meet R");
+    assert_eq!(read.visible.len(), 1);
+    assert_eq!(read.visible[0].payload.value, b"v"[..]);
+    let good = c.node("b").storage().get(p, b"k").unwrap().unwrap();
+    a.storage().merge(p, b"k", &good).unwrap();
+    assert_eq!(c.value("a", "k").as_deref(), Some(&b"v"[..]));
+}
+
 /// A record due for expiry that does not decode is skipped (and counted):
 /// it does not hold up the expiry of every key due after it.
 #[tokio::test]

@@ -418,13 +418,32 @@ impl Storage {
         &self,
         partition: u32,
         key: &[u8],
+        f: impl FnMut(Option<Record>) -> Result<(Option<Record>, T), E>,
+    ) -> Result<Result<(T, Option<Record>), E>, StorageError> {
+        self.update_with(partition, key, false, f)
+    }
+
+    /// [`Storage::update`]; with `lenient`, a stored record that does not
+    /// decode is taken as absent (logged), so what replaces it heals the key.
+    fn update_with<T, E>(
+        &self,
+        partition: u32,
+        key: &[u8],
+        lenient: bool,
         mut f: impl FnMut(Option<Record>) -> Result<(Option<Record>, T), E>,
     ) -> Result<Result<(T, Option<Record>), E>, StorageError> {
         let tree = self.tree(partition)?;
         let ik = ikey(key);
         loop {
             let old = tree.get(&ik)?;
-            let current = old.as_deref().map(record::decode).transpose()?;
+            let current = match old.as_deref().map(record::decode).transpose() {
+                Ok(current) => current,
+                Err(e) if lenient => {
+                    tracing::error!(partition, key = %String::from_utf8_lossy(key), error = %e, "a stored record does not decode; replaced by the copy merged in");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
             let (new, out) = match f(current) {
                 Ok(x) => x,
                 Err(e) => return Ok(Err(e)),
@@ -471,7 +490,9 @@ impl Storage {
     /// which never drops a version for the sibling cap. Returns the record
     /// now stored.
     pub fn merge(&self, partition: u32, key: &[u8], incoming: &Record) -> Result<Record, StorageError> {
-        let out = self.update(partition, key, |cur| {
+        // A copy here that does not decode is replaced: read repair,
+        // anti-entropy and hints heal it.
+        let out = self.update_with(partition, key, true, |cur| {
             let merged = match cur {
                 Some(cur) => cur.sync(incoming),
                 None => incoming.clone(),
