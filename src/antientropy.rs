@@ -508,11 +508,10 @@ async fn repair(
 /// talked to now (the exchange stops; a later round tries again), rather
 /// than that this key failed there (skipped; the others go on).
 fn peer_unwell(e: &replica::ReplicaError) -> bool {
-    match e {
-        replica::ReplicaError::Transport(t) => !matches!(t, TransportError::Remote(_) | TransportError::Status(_)),
-        replica::ReplicaError::Storage(_) => false,
-        _ => true,
-    }
+    // Only the peer's own report that this one operation failed there (a
+    // record of its that does not decode) is a key's failure: an error
+    // status (load shedding answers a whole batch 503) is the peer's.
+    !matches!(e, replica::ReplicaError::Transport(TransportError::Remote(_)))
 }
 
 fn into_transport(e: replica::ReplicaError) -> TransportError {

@@ -106,7 +106,8 @@ pub struct Transfers {
     /// partitions: it moves past a partition that made no progress (no
     /// source answered, a new owner is unreachable), so one that cannot
     /// move does not hold up all the others behind it.
-    next_in: u32,
+    next_stream: u32,
+    next_sync: u32,
     next_out: u32,
     /// Since when each inbound partition has been caught up with some of
     /// its owners but waits for another that holds it and cannot be
@@ -126,7 +127,8 @@ impl Transfers {
             views: node.subscribe(),
             inbound_rate: Arc::new(RateLimit::new(rate)),
             outbound_rate: Arc::new(RateLimit::new(rate)),
-            next_in: 0,
+            next_stream: 0,
+            next_sync: 0,
             next_out: 0,
             waits: Waits::default(),
             node,
@@ -146,36 +148,51 @@ impl Worker for Transfers {
         }
         let view = node.view();
         reconcile(node, &view)?;
-        let (from, max) = (self.next_in, node.cfg().transfer_max_partitions as usize);
         // Up to `--transfer-max-partitions` streams at once, and up to
         // SYNCS_AT_ONCE Merkle catch-ups (cheap where nothing differs: a
         // restart verifies every partition it holds this way; without
-        // trees a catch-up is a stream too).
+        // trees a catch-up is a stream too), each kind in its own rotation.
         let trees = node.cfg().anti_entropy_interval_ms > 0;
-        let inbound: Vec<(u32, Inbound)> = node.ownership(|o| {
-            let all = o.inbound();
-            let (mut streams, mut syncs) = (0, 0);
-            all.range(from..)
-                .chain(all.range(..from))
-                .filter(|(_, i)| {
-                    let stream = i.mode == Mode::Stream || !trees;
-                    let n = if stream { &mut streams } else { &mut syncs };
-                    *n += 1;
-                    *n <= if stream { max } else { SYNCS_AT_ONCE }
-                })
-                .map(|(p, i)| (*p, i.clone()))
-                .collect()
-        });
+        let is_stream = |i: &Inbound| i.mode == Mode::Stream || !trees;
+        let max = node.cfg().transfer_max_partitions as usize;
+        let pick = |from: u32, stream: bool, n: usize| -> Vec<(u32, Inbound)> {
+            node.ownership(|o| {
+                let all = o.inbound();
+                all.range(from..)
+                    .chain(all.range(..from))
+                    .filter(|(_, i)| is_stream(i) == stream)
+                    .take(n)
+                    .map(|(p, i)| (*p, i.clone()))
+                    .collect()
+            })
+        };
+        let streams = pick(self.next_stream, true, max);
+        let syncs = pick(self.next_sync, false, SYNCS_AT_ONCE);
+        // A wait that no longer applies (the partition was received, or is
+        // no longer owned) must not cut a later one short.
+        let waiting_may: std::collections::HashSet<u32> =
+            node.ownership(|o| o.inbound().iter().filter(|(_, i)| !is_stream(i)).map(|(p, _)| *p).collect());
+        self.waits.lock().expect("waits lock").retain(|p, _| waiting_may.contains(p));
         let rate = self.inbound_rate.clone();
         let waits = &self.waits;
-        let moved = futures_util::future::join_all(
-            inbound.iter().map(|(p, i)| receive(node, &view, *p, i.clone(), rate.clone(), waits)),
+        let (moved_streams, moved_syncs) = futures_util::future::join(
+            futures_util::future::join_all(
+                streams.iter().map(|(p, i)| receive(node, &view, *p, i.clone(), rate.clone(), waits)),
+            ),
+            futures_util::future::join_all(
+                syncs.iter().map(|(p, i)| receive(node, &view, *p, i.clone(), rate.clone(), waits)),
+            ),
         )
         .await;
-        if moved.iter().any(|m| !m) {
-            self.next_in = inbound.last().map_or(0, |(p, _)| p + 1);
+        // Past a partition that made no progress, so one that cannot move
+        // does not hold up those behind it.
+        if moved_streams.iter().any(|m| !m) {
+            self.next_stream = streams.last().map_or(0, |(p, _)| p + 1);
         }
-        let mut progress = moved.into_iter().any(|m| m);
+        if moved_syncs.iter().any(|m| !m) {
+            self.next_sync = syncs.last().map_or(0, |(p, _)| p + 1);
+        }
+        let mut progress = moved_streams.into_iter().chain(moved_syncs).any(|m| m);
         let from = self.next_out;
         let next =
             node.ownership(|o| o.outbound().range(from..).next().or_else(|| o.outbound().iter().next()).copied());
@@ -313,8 +330,8 @@ async fn catch_up(node: &Node, view: &ClusterView, partition: u32, from: &str) -
 /// timeout (an owner this node cannot reach while the others can, or one
 /// running without Merkle trees, would otherwise keep it unready for good),
 /// and anti-entropy compares them later. Only when no owner holds it (they
-/// are receiving it too) is the first other holder in ring order enough,
-/// as for a stream.
+/// are receiving it too), or none could be compared for the dead timeout,
+/// is the first other holder in ring order enough, as for a stream.
 async fn sync(node: &Node, view: &ClusterView, partition: u32, waits: &Waits) -> bool {
     let probe = TransferRequest { partition, after: None, limit: 0 };
     let owners: Vec<String> =
@@ -357,10 +374,18 @@ async fn sync(node: &Node, view: &ClusterView, partition: u32, waits: &Waits) ->
         });
         return false;
     }
-    // An owner holds it but could not be compared (or the comparison moved
-    // part of it): not another holder, which may lack what the owners have.
-    if done > 0 || moved || waiting {
+    if done > 0 || moved {
         return moved;
+    }
+    // No owner could be compared (unreachable, paused, or not ready): not
+    // another holder, which may lack what the owners have, unless that went
+    // on for the dead timeout (an owner this node cannot reach while the
+    // others can stays on the ring).
+    if waiting {
+        let since = *waits.lock().expect("waits lock").entry(partition).or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_millis(node.cfg().dead_after_ms) {
+            return false;
+        }
     }
     let others: Vec<String> = candidates(view, partition).into_iter().filter(|c| !owners.contains(c)).collect();
     let mut all_answered = !waiting;

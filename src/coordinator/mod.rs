@@ -114,10 +114,17 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
     let receiving = node.receiving(&view, partition);
     let mut complete = !receiving && node.ownership(|o| o.holds(partition));
     if receiving {
-        if let Ok(Some(copy)) = replica::local_read(node, &view, partition, &w.key).await {
+        // Both at once: a holder's copy (the source may be no owner) and
+        // every other live owner's.
+        let (holder, owners) = futures_util::future::join(
+            replica::local_read(node, &view, partition, &w.key),
+            catch_up(node, &view, &set.owners, partition, &w.key),
+        )
+        .await;
+        if let Ok(Some(copy)) = holder {
             storage.merge(partition, &w.key, &copy)?;
         }
-        complete = catch_up(node, &view, &set.owners, partition, &w.key).await?;
+        complete = owners?;
     }
     let floor = storage.dot_floor();
     let run_floor = storage.run_floor();
@@ -125,6 +132,7 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
 
     // A receiving node caught up with the owners just above.
     let mut caught_up = receiving;
+    let mut healed = false;
     // Stored here even when this node is not a replica (it coordinates from
     // outside the preference list only when no replica took the forwarded
     // request): it keeps every dot it issues, which keeps dots unique (see
@@ -151,7 +159,22 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
             storage.issued(clock.max_of(me)).map_err(|e| Step::Refused(e.into()))?;
             Ok((Some(next), clock))
         };
-        match storage.update(partition, &w.key, compute)? {
+        let updated = match storage.update(partition, &w.key, compute) {
+            // This node's copy does not decode: it is replaced (a merge
+            // takes bytes that are no record for absent) by the other
+            // owners' copies, and the write goes over those, claiming
+            // nothing (the lost copy may have held this node's dots).
+            Err(StorageError::Record(e)) if !healed => {
+                node.metrics().corrupt_records.inc();
+                tracing::error!(partition, error = %e, "this node's copy of a key does not decode; replacing it with the other owners'");
+                storage.merge(partition, &w.key, &Record::default())?;
+                catch_up(node, &view, &set.owners, partition, &w.key).await?;
+                (complete, healed, caught_up) = (false, true, true);
+                continue;
+            }
+            other => other?,
+        };
+        match updated {
             Ok((clock, stored)) => break (clock, stored.unwrap_or_default()),
             Err(Step::CatchUp) => {
                 complete &= catch_up(node, &view, &set.owners, partition, &w.key).await?;
@@ -190,7 +213,8 @@ enum Step {
 
 /// Merges into this node's copy of `key` what the other live owners hold
 /// (those that answer; a write goes ahead with what it got). Returns
-/// whether every one of them answered.
+/// whether every live one answered, and at least one did if there are
+/// other owners at all.
 async fn catch_up(
     node: &Node,
     view: &ClusterView,
@@ -198,9 +222,10 @@ async fn catch_up(
     partition: u32,
     key: &[u8],
 ) -> Result<bool, CoordError> {
+    let any_other = owners.iter().any(|id| id != node.id());
     let others = owners.iter().filter(|id| *id != node.id() && view.is_alive(id));
     let copies = futures_util::future::join_all(others.map(|id| replica::read_held(node, view, id, key))).await;
-    let all = copies.iter().all(Result::is_ok);
+    let all = copies.iter().all(Result::is_ok) && (!any_other || !copies.is_empty());
     for copy in copies.into_iter().flatten().flatten() {
         node.storage().merge(partition, key, &copy)?;
     }
@@ -422,6 +447,7 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
     let receiving = node.receiving(&view, partition);
     let tally = Tally::new(needed, pref.len());
     let mut g = Gather::new(node, view, partition, Arc::new(key.to_vec()), whole_from, tally);
+    let mut local_bad = false;
     for id in &pref {
         if id == node.id() && !receiving {
             match node.storage().get(partition, key) {
@@ -433,6 +459,7 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
                     node.metrics().corrupt_records.inc();
                     tracing::error!(partition, error = %e, "this node's copy of a key does not decode; read from the others");
                     g.take((id.clone(), None));
+                    local_bad = true;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -447,6 +474,12 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
         match tokio::time::timeout_at(deadline, g.replies.next()).await {
             Ok(Some(reply)) => g.take(reply),
             Ok(None) | Err(_) => break,
+        }
+    }
+    if local_bad && g.tally.outcome() == Outcome::Reached {
+        // Read repair of this node's own copy: the others' merge replaces it.
+        if let Err(e) = node.storage().merge(partition, key, &g.merged) {
+            tracing::warn!(partition, error = %e, "replacing this node's copy failed");
         }
     }
     let answer = match g.tally.outcome() {

@@ -236,34 +236,35 @@ async fn hand_off_hints(node: &Node, view: &ClusterView, after: &Ring) -> Result
     let mut handed = 0u64;
     let mut stalled = 0u64;
     loop {
-        // Every hint that decodes, page by page (one that does not cannot be
-        // handed to anyone, and does not hide those after it).
-        let mut hints = Vec::new();
+        // One pass over every hint that decodes, a page at a time (one that
+        // does not cannot be handed to anyone, and does not hide those
+        // after it).
+        let (mut seen, mut progress) = (false, false);
         let mut cursor: Option<Vec<u8>> = None;
         loop {
             let page = storage.hints_after(cursor.as_deref(), BATCH).map_err(|e| e.to_string())?;
-            hints.extend(page.hints);
+            for hint in page.hints {
+                seen = true;
+                let mut targets: Vec<&str> =
+                    after.preference_list(hint.partition).into_iter().filter(|id| alive(id)).collect();
+                if alive(&hint.owner) && !targets.contains(&hint.owner.as_str()) {
+                    targets.push(&hint.owner);
+                }
+                let sends =
+                    targets.iter().map(|t| replica::merge(node, view, t, hint.partition, &hint.key, &hint.record));
+                let acked = futures_util::future::join_all(sends).await.into_iter().filter(Result::is_ok).count();
+                if acked > 0 && storage.remove_hint(&hint).map_err(|e| e.to_string())? {
+                    handed += 1;
+                    progress = true;
+                }
+            }
             match page.next {
                 Some(next) => cursor = Some(next),
                 None => break,
             }
         }
-        if hints.is_empty() {
+        if !seen {
             return Ok(handed);
-        }
-        let mut progress = false;
-        for hint in hints {
-            let mut targets: Vec<&str> =
-                after.preference_list(hint.partition).into_iter().filter(|id| alive(id)).collect();
-            if alive(&hint.owner) && !targets.contains(&hint.owner.as_str()) {
-                targets.push(&hint.owner);
-            }
-            let sends = targets.iter().map(|t| replica::merge(node, view, t, hint.partition, &hint.key, &hint.record));
-            let acked = futures_util::future::join_all(sends).await.into_iter().filter(Result::is_ok).count();
-            if acked > 0 && storage.remove_hint(&hint).map_err(|e| e.to_string())? {
-                handed += 1;
-                progress = true;
-            }
         }
         if progress {
             stalled = 0;

@@ -501,8 +501,9 @@ async fn a_key_the_peer_cannot_read_does_not_stop_the_repair_of_the_others() {
 }
 
 /// A coordinator whose own copy of a key does not decode still reads it
-/// from the other replicas (instead of failing the request), and a merge
-/// of a good copy replaces the bad one.
+/// from the other replicas (instead of failing the request) and replaces
+/// its copy with theirs; a write it coordinates over such a copy goes over
+/// the other owners' copies.
 #[tokio::test]
 async fn a_copy_that_does_not_decode_is_read_around_and_healed() {
     let c = Mem::new(3, &[]);
@@ -514,9 +515,14 @@ async fn a_copy_that_does_not_decode_is_read_around_and_healed() {
     let read = coordinator::read(a, b"k", Level::Quorum).await.expect("the others meet R");
     assert_eq!(read.visible.len(), 1);
     assert_eq!(read.visible[0].payload.value, b"v"[..]);
-    let good = c.node("b").storage().get(p, b"k").unwrap().unwrap();
-    a.storage().merge(p, b"k", &good).unwrap();
-    assert_eq!(c.value("a", "k").as_deref(), Some(&b"v"[..]));
+    assert_eq!(c.value("a", "k").as_deref(), Some(&b"v"[..]), "healed by the read");
+    a.storage().corrupt(p, b"k");
+    let mut w = write("k", "v2", Level::All);
+    w.context = Some(read.context);
+    coordinator::write(a, w).await.expect("written over the others' copies");
+    for n in ["a", "b", "c"] {
+        assert_eq!(c.value(n, "k").as_deref(), Some(&b"v2"[..]), "on {n}");
+    }
 }
 
 /// A record due for expiry that does not decode is skipped (and counted):

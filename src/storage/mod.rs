@@ -423,8 +423,9 @@ impl Storage {
         self.update_with(partition, key, false, f)
     }
 
-    /// [`Storage::update`]; with `lenient`, a stored record that does not
-    /// decode is taken as absent (logged), so what replaces it heals the key.
+    /// [`Storage::update`]; with `lenient`, stored bytes that are no record
+    /// (corrupt, empty) are taken as absent (logged), so what replaces them
+    /// heals the key.
     fn update_with<T, E>(
         &self,
         partition: u32,
@@ -438,7 +439,10 @@ impl Storage {
             let old = tree.get(&ik)?;
             let current = match old.as_deref().map(record::decode).transpose() {
                 Ok(current) => current,
-                Err(e) if lenient => {
+                // Only bytes that are no record at all: a record of a format
+                // this release does not know (written by a newer one) is
+                // kept, and the merge fails, rather than lose it.
+                Err(e @ (record::RecordError::Corrupt(_) | record::RecordError::Empty)) if lenient => {
                     tracing::error!(partition, key = %String::from_utf8_lossy(key), error = %e, "a stored record does not decode; replaced by the copy merged in");
                     None
                 }
@@ -844,11 +848,15 @@ impl Storage {
         Ok(Some(removed))
     }
 
-    /// Overwrites `key`'s stored bytes with bytes that do not decode, behind
-    /// the Merkle tree's back (a disk fault, for tests).
+    /// Overwrites `key`'s stored bytes with bytes that do not decode (this
+    /// release's format byte, then garbage), behind the Merkle tree's back
+    /// (a disk fault, for tests).
     #[cfg(test)]
     pub(crate) fn corrupt(&self, partition: u32, key: &[u8]) {
-        self.tree(partition).unwrap().insert(ikey(key), &[9u8, 9, 9][..]).unwrap();
+        let bad =
+            record::encode(&Record::default())[..1].iter().chain(&[0xff, 0xff, 0xff]).copied().collect::<Vec<u8>>();
+        assert!(matches!(record::decode(&bad), Err(record::RecordError::Corrupt(_))));
+        self.tree(partition).unwrap().insert(ikey(key), bad).unwrap();
     }
 
     /// Whether this node stores any key of `partition`.
@@ -1240,6 +1248,20 @@ mod tests {
         assert_eq!(owners, ["a", "a", "b", "c", "c"], "every good hint once, in order");
         assert_eq!(s.hints(10).unwrap().len(), 5, "the bad entry does not stop the rest");
         assert_eq!(s.hints_pending(), 6, "it stays in place");
+    }
+
+    #[tokio::test]
+    async fn a_merge_replaces_bytes_that_are_no_record_but_keeps_an_unknown_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &opts(2, false)).unwrap();
+        let good = versioned("x", "v", false, 1);
+        s.merge(1, b"bad", &good).unwrap();
+        s.corrupt(1, b"bad");
+        assert_eq!(s.merge(1, b"bad", &good).unwrap(), good, "corrupt bytes replaced");
+        // A record of a format from a newer release: never overwritten.
+        s.tree(1).unwrap().insert(ikey(b"newer"), &[99u8, 1, 2][..]).unwrap();
+        assert!(matches!(s.merge(1, b"newer", &good), Err(StorageError::Record(RecordError::UnknownFormat(99)))));
+        assert_eq!(s.tree(1).unwrap().get(ikey(b"newer")).unwrap().unwrap().as_ref(), &[99u8, 1, 2]);
     }
 
     #[tokio::test]
