@@ -19,8 +19,9 @@
 //!   synced that way too once its stream ends. Stream sources are tried in
 //!   ring order; one that fails, stalls past the request timeout or no
 //!   longer holds the partition is replaced by the next, with a log line
-//!   saying why; an owner that cannot be compared is asked again next round. If no member holds the partition and
-//!   every member answered, it is taken as received: it is new (a new
+//!   saying why; an owner that cannot be compared is asked again next
+//!   round (for at most the dead timeout). If no member holds the partition
+//!   and every member answered, it is taken as received: it is new (a new
 //!   cluster), or only scattered early writes exist on nodes that never
 //!   held it, which anti-entropy then merges (until it has, an `r=1` read
 //!   through this node can miss such a key).

@@ -104,7 +104,6 @@ pub async fn write(node: &Arc<Node>, w: Write) -> Result<Context, CoordError> {
     // key's versions instead of standing beside them as a sibling. With no
     // holder answering it writes over its own copy, as before.
     //
-    //
     // `complete`: this node's copy of the key is known to hold every dot it
     // issued for the key, so a new version may claim the counters below its
     // dot (see `new_version`). True where the partition is held here (and
@@ -453,8 +452,8 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
             match node.storage().get(partition, key) {
                 Ok(local) => g.take((id.clone(), Some(ReplicaCopy::Full(local)))),
                 // This node's copy does not decode: it counts as a replica
-                // that did not answer (the others can still meet R), and
-                // read repair or anti-entropy replaces it.
+                // that did not answer (the others can still meet R), and the
+                // merge of theirs replaces it below.
                 Err(StorageError::Record(e)) => {
                     node.metrics().corrupt_records.inc();
                     tracing::error!(partition, error = %e, "this node's copy of a key does not decode; read from the others");
