@@ -350,18 +350,13 @@ async fn sync(node: &Node, view: &ClusterView, partition: u32, waits: &Waits) ->
         }
     }
     if done > 0 && !waiting {
-        waits.lock().expect("waits lock").remove(&partition);
-        node.update_ownership(|o| o.received(partition));
-        node.metrics().transfers_finished.with_label_values(&["in"]).inc();
+        synced(node, waits, partition);
         tracing::info!(partition, holders = done, "partition caught up with every owner holding it");
         return true;
     }
     if done > 0 && !moved {
-        let since = *waits.lock().expect("waits lock").entry(partition).or_insert_with(Instant::now);
-        if since.elapsed() >= Duration::from_millis(node.cfg().dead_after_ms) {
-            waits.lock().expect("waits lock").remove(&partition);
-            node.update_ownership(|o| o.received(partition));
-            node.metrics().transfers_finished.with_label_values(&["in"]).inc();
+        if waited_out(node, waits, partition) {
+            synced(node, waits, partition);
             tracing::warn!(
                 partition,
                 holders = done,
@@ -382,11 +377,8 @@ async fn sync(node: &Node, view: &ClusterView, partition: u32, waits: &Waits) ->
     // another holder, which may lack what the owners have, unless that went
     // on for the dead timeout (an owner this node cannot reach while the
     // others can stays on the ring).
-    if waiting {
-        let since = *waits.lock().expect("waits lock").entry(partition).or_insert_with(Instant::now);
-        if since.elapsed() < Duration::from_millis(node.cfg().dead_after_ms) {
-            return false;
-        }
+    if waiting && !waited_out(node, waits, partition) {
+        return false;
     }
     let others: Vec<String> = candidates(view, partition).into_iter().filter(|c| !owners.contains(c)).collect();
     let mut all_answered = !waiting;
@@ -394,8 +386,7 @@ async fn sync(node: &Node, view: &ClusterView, partition: u32, waits: &Waits) ->
         match ask(node, view, c, &probe).await {
             Ok(r) if r.holds => match catch_up(node, view, partition, c).await {
                 CatchUp::Done => {
-                    node.update_ownership(|o| o.received(partition));
-                    node.metrics().transfers_finished.with_label_values(&["in"]).inc();
+                    synced(node, waits, partition);
                     tracing::info!(partition, from = %c, "partition caught up");
                     return true;
                 }
@@ -421,6 +412,20 @@ async fn sync(node: &Node, view: &ClusterView, partition: u32, waits: &Waits) ->
         tracing::warn!(partition, "no holder of this partition answered; retrying")
     });
     false
+}
+
+/// Whether `partition` has waited for an owner for the dead timeout (the
+/// wait starts at the first call).
+fn waited_out(node: &Node, waits: &Waits, partition: u32) -> bool {
+    let since = *waits.lock().expect("waits lock").entry(partition).or_insert_with(Instant::now);
+    since.elapsed() >= Duration::from_millis(node.cfg().dead_after_ms)
+}
+
+/// A catch-up of `partition` is done: received, counted, its wait over.
+fn synced(node: &Node, waits: &Waits, partition: u32) {
+    waits.lock().expect("waits lock").remove(&partition);
+    node.update_ownership(|o| o.received(partition));
+    node.metrics().transfers_finished.with_label_values(&["in"]).inc();
 }
 
 /// Whether no member but this one has not left (asked of the current view,

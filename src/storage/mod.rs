@@ -627,7 +627,8 @@ impl Storage {
     }
 
     /// Up to `limit` hints from the first: (owner, partition, key, record,
-    /// raw entry).
+    /// raw entry). (Tests; the node pages with [`Storage::hints_after`].)
+    #[cfg(test)]
     pub fn hints(&self, limit: usize) -> Result<Vec<Hint>, StorageError> {
         Ok(self.hints_after(None, limit)?.hints)
     }
