@@ -3,13 +3,18 @@
 //! router, starts the workers, serves until the shutdown future resolves (or
 //! the node is asked to leave), and shuts down.
 //!
-//! Shutdown (SIGTERM, Ctrl-C, `POST /cluster/leave`, or the future in tests):
-//! stop accepting and let in-flight requests finish (bounded by
-//! [`DRAIN_TIMEOUT`]); stop the workers and wait for every tracked task
-//! (replication tails, read repairs, exchanges), bounded too; when leaving,
-//! hand everything off (bounded by [`LEAVE_TIMEOUT`]); close the peer queues;
-//! flush sled. So a graceful stop never loses an acknowledged write,
-//! whatever `--sync-writes` says.
+//! Shutdown (SIGTERM, Ctrl-C, or the future in tests): stop accepting and
+//! let in-flight requests finish (bounded by [`DRAIN_TIMEOUT`]); stop the
+//! workers and wait for every tracked task (replication tails, read repairs,
+//! exchanges), bounded too; close the peer queues; flush sled. So a graceful
+//! stop never loses an acknowledged write, whatever `--sync-writes` says.
+//!
+//! A leave (`POST /cluster/leave`) goes the same way, except that the node
+//! keeps serving until it has left: client and replica requests are refused
+//! (503 `not_ready`) and those in progress finish, the workers stop, every
+//! partition and hint is handed off (bounded by [`LEAVE_TIMEOUT`]), and only
+//! then does HTTP stop. Meanwhile `/health/ready` answers 503 "leaving" (SPEC
+//! §3), gossip and the cluster views keep answering.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -87,30 +92,36 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     spawn_workers(&node);
-    let app = crate::api::router(node.clone());
-    let stop = CancellationToken::new();
-    let stop_serving = stop.clone();
-    let leave = node.leave_requested().clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = shutdown => {},
-            _ = leave.cancelled() => {},
-        }
-        stop_serving.cancel();
-    });
+    let (app, intake) = crate::api::router(node.clone());
+    let stop_serving = CancellationToken::new();
     let cfg = node.cfg();
     let limits = ConnLimits {
         max_connections: cfg.max_connections as usize,
         header_timeout: Duration::from_millis(cfg.header_timeout_ms),
     };
     tracing::info!(node_id = %node.id(), address = %node.address(), "dynakv serving");
-    let served = tokio::spawn(serve_http(listener, app, limits, stop.clone()));
-    stop.cancelled().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    match tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), served).await {
-        Ok(Ok(Err(e))) => return Err(StartError::Serve(e)),
-        Ok(_) => {}
-        Err(_) => tracing::warn!("in-flight requests still running after {DRAIN_TIMEOUT:?}; closing anyway"),
+    let mut served = Some(tokio::spawn(serve_http(listener, app, limits, stop_serving.clone())));
+    let leave = node.leave_requested().clone();
+    tokio::select! {
+        _ = shutdown => {},
+        _ = leave.cancelled() => {},
+    }
+    let leaving = leave.is_cancelled();
+    if leaving {
+        // A leaving node keeps serving gossip, health (`/health/ready` is
+        // 503 "leaving") and the cluster views until it has left; client
+        // and replica requests are refused from now on (503 `not_ready`,
+        // which relays and coordinators take as "not applied, try another
+        // node"), and those in progress finish before the hand-off reads
+        // the partitions.
+        tracing::info!("leaving: refusing new requests, finishing those in progress");
+        if !intake.close(DRAIN_TIMEOUT).await {
+            tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; handing off anyway");
+        }
+    } else {
+        tracing::info!("shutting down: draining in-flight requests");
+        stop_serving.cancel();
+        wait_served(served.take()).await?;
     }
     if !node.stop_tasks(DRAIN_TIMEOUT).await {
         tracing::warn!("background tasks still running after {DRAIN_TIMEOUT:?}; closing anyway");
@@ -119,17 +130,33 @@ pub async fn run(
     // hand-off that fails or runs out of time does not announce `left`:
     // the node stays a member with all its data, and exits 1.
     let mut left = Ok(());
-    if node.leave_requested().is_cancelled() {
+    if leaving {
         left = match tokio::time::timeout(LEAVE_TIMEOUT, crate::handoff::leave(&node)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(StartError::Leave(e)),
             Err(_) => Err(StartError::Leave(format!("hand-off not finished within {LEAVE_TIMEOUT:?}"))),
         };
+        stop_serving.cancel();
+        wait_served(served.take()).await?;
     }
     node.close_transport(DRAIN_TIMEOUT).await;
     node.storage().flush().await?;
     tracing::info!("stopped; data flushed");
     left
+}
+
+/// Waits for [`serve_http`] to finish its graceful stop, at most
+/// [`DRAIN_TIMEOUT`] and a second.
+async fn wait_served(served: Option<tokio::task::JoinHandle<Result<(), std::io::Error>>>) -> Result<(), StartError> {
+    let Some(served) = served else { return Ok(()) };
+    match tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), served).await {
+        Ok(Ok(Err(e))) => Err(StartError::Serve(e)),
+        Ok(_) => Ok(()),
+        Err(_) => {
+            tracing::warn!("in-flight requests still running after {DRAIN_TIMEOUT:?}; closing anyway");
+            Ok(())
+        }
+    }
 }
 
 /// Limits on connections (SPEC §3, "Overload": slow and idle clients).

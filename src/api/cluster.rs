@@ -6,7 +6,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::{json, Value};
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
@@ -141,9 +141,12 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
 }
 
-/// `POST /cluster/leave`: 202, then hand off and exit 0.
-pub async fn leave(State(node): State<Arc<Node>>) -> Response {
+/// `POST /cluster/leave`: 202, then hand off and exit 0. Client and replica
+/// requests are refused from before the 202 on (the hand-off must see every
+/// write this node acknowledged).
+pub async fn leave(State(node): State<Arc<Node>>, Extension(intake): Extension<super::Intake>) -> Response {
     tracing::info!("leave requested");
+    intake.refuse();
     node.request_leave();
     (StatusCode::ACCEPTED, Json(json!({ "status": "leaving", "node_id": node.id() }))).into_response()
 }

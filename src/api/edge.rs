@@ -11,6 +11,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,17 +30,43 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Sen
 /// A budget of requests in progress shared by a group of routes: past it a
 /// request is refused with 503 `overloaded` at once instead of queueing; one
 /// that runs past `deadline` is answered 503 `overloaded` too (and its work
-/// dropped).
+/// dropped). A budget [closed](Budget::close) refuses every new request
+/// with 503 `not_ready` (nothing done, so a relay may try another node)
+/// while those in progress finish.
 #[derive(Clone)]
 pub struct Budget {
     permits: Arc<Semaphore>,
+    max: u32,
     deadline: Duration,
+    closed: Arc<AtomicBool>,
 }
 
 impl Budget {
     /// At most `max` requests in progress, each for at most `deadline`.
     pub fn new(max: usize, deadline: Duration) -> Self {
-        Budget { permits: Arc::new(Semaphore::new(max)), deadline }
+        let max = u32::try_from(max).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
+        Budget {
+            permits: Arc::new(Semaphore::new(max as usize)),
+            max,
+            deadline,
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Refuses every request from now on (a leaving node: SPEC §3,
+    /// `POST /cluster/leave`).
+    pub fn refuse(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// [Refuses](Budget::refuse) every request from now on and resolves once
+    /// every request admitted before has ended.
+    pub async fn close(&self) {
+        self.refuse();
+        // Takes every permit as it comes back (the semaphore is fair: a
+        // request admitted between the flag and here holds one, and is
+        // waited for), then gives them back.
+        let _all = self.permits.acquire_many(self.max).await;
     }
 }
 
@@ -72,6 +99,10 @@ where
     }
 
     fn call(&mut self, req: Request) -> BoxFuture {
+        if self.budget.closed.load(Ordering::Acquire) {
+            let refusal = ApiError::NotReady("this node is leaving the cluster; ask another node".into());
+            return Box::pin(std::future::ready(Ok(refusal.into_response())));
+        }
         let Ok(permit) = self.budget.permits.clone().try_acquire_owned() else {
             return Box::pin(std::future::ready(Ok(ApiError::Overloaded.into_response())));
         };
@@ -229,6 +260,46 @@ mod tests {
         assert_eq!(slow.await.expect("task").expect("infallible").status(), StatusCode::OK);
         let resp = app.oneshot(req("/fast")).await.expect("infallible");
         assert_eq!(resp.status(), StatusCode::OK, "the permit went back when the slow request ended");
+    }
+
+    #[tokio::test]
+    async fn a_closed_budget_refuses_new_requests_as_not_ready_and_waits_for_those_in_progress() {
+        let release = Arc::new(Notify::new());
+        let held = release.clone();
+        let budget = Budget::new(8, Duration::from_secs(60));
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(move || {
+                    let held = held.clone();
+                    async move {
+                        held.notified().await;
+                        "done"
+                    }
+                }),
+            )
+            .route("/fast", get(|| async { "fast" }))
+            .layer(budget.clone());
+        let slow = tokio::spawn(app.clone().oneshot(req("/slow")));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while budget.permits.available_permits() == 8 {
+            assert!(Instant::now() < deadline, "the slow request never started");
+            tokio::task::yield_now().await;
+        }
+        budget.refuse();
+        let closing = budget.clone();
+        let mut closed = tokio::spawn(async move { closing.close().await });
+        let resp = app.clone().oneshot(req("/fast")).await.expect("infallible");
+        assert_eq!(code(resp).await, (StatusCode::SERVICE_UNAVAILABLE, "not_ready".into()));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut closed).await.is_err(),
+            "close() waits for the request in progress"
+        );
+        release.notify_one();
+        assert_eq!(slow.await.expect("task").expect("infallible").status(), StatusCode::OK);
+        tokio::time::timeout(Duration::from_secs(30), closed).await.expect("closed once it ended").expect("task");
+        let resp = app.oneshot(req("/fast")).await.expect("infallible");
+        assert_eq!(code(resp).await, (StatusCode::SERVICE_UNAVAILABLE, "not_ready".into()), "closed for good");
     }
 
     #[tokio::test(start_paused = true)]

@@ -112,8 +112,9 @@ pub fn sibling_json(c: &Content) -> Value {
 /// Relays a validated request to a node of the key's preference list when
 /// this node is not in it (SPEC §4). `Ok(None)`: coordinate here (this node
 /// is a replica, the request was already forwarded once, or no replica
-/// answered a request that was surely not delivered). A write whose relay
-/// may have been applied is never tried a second time.
+/// answered a request that was surely not delivered or refused as not
+/// ready). A write whose relay may have been applied is never tried a
+/// second time.
 async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Response>, ApiError> {
     let view = node.view();
     let alone = || view.members().all(|m| m.id == node.id());
@@ -158,6 +159,9 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
             body: body.clone(),
         };
         match node.transport().forward(Target { id: &id, address: &address }, fwd, timeout).await {
+            Ok(resp) if refused_unapplied(&resp) => {
+                tracing::debug!(peer = %id, "forwarded request refused as not ready (leaving or starting); trying the next replica")
+            }
             Ok(resp) => {
                 node.metrics().forwarded.inc();
                 let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -189,6 +193,14 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
         ));
     }
     Ok(None)
+}
+
+/// Whether a relayed request was refused before anything was done (503
+/// `not_ready`: the node is leaving, or has not heard from the cluster), so
+/// another replica may take it, a write included.
+fn refused_unapplied(resp: &crate::transport::ForwardResponse) -> bool {
+    resp.status == StatusCode::SERVICE_UNAVAILABLE.as_u16()
+        && serde_json::from_slice::<serde_json::Value>(&resp.body).is_ok_and(|v| v["code"] == "not_ready")
 }
 
 fn with_context(mut resp: Response, clock: &Context) -> Response {

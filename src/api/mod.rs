@@ -18,6 +18,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Uri};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
 use tower::ServiceBuilder;
 
@@ -41,8 +42,34 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/cluster/leave", &["post"]),
 ];
 
-/// Builds the router for `node`.
-pub fn router(node: Arc<Node>) -> Router {
+/// The budgets of client data and replica traffic, which a leaving node
+/// closes before it hands its data off (SPEC §3, `POST /cluster/leave`).
+#[derive(Clone)]
+pub struct Intake {
+    client: edge::Budget,
+    internal: edge::Budget,
+}
+
+impl Intake {
+    /// Refuses every new client and internal data request with 503
+    /// `not_ready` from now on (the leave handler, before its 202).
+    pub fn refuse(&self) {
+        self.client.refuse();
+        self.internal.refuse();
+    }
+
+    /// Refuses every new client and internal data request with 503
+    /// `not_ready` (gossip, health, metrics, the membership views and the
+    /// admin route keep answering), and waits at most `timeout` for those in
+    /// progress. Returns whether they all ended.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        let both = async { tokio::join!(self.client.close(), self.internal.close()) };
+        tokio::time::timeout(timeout, both).await.is_ok()
+    }
+}
+
+/// Builds the router for `node`, and the [`Intake`] a leave closes.
+pub fn router(node: Arc<Node>) -> (Router, Intake) {
     // Leave room above the value limit so an over-limit body is read far
     // enough to be answered with our own 413, and never buffered unbounded.
     let cfg = node.cfg();
@@ -65,6 +92,10 @@ pub fn router(node: Arc<Node>) -> Router {
     let deadline = node.timeout() * 5 + Duration::from_secs(2);
     let client_budget = edge::Budget::new(cfg.max_requests as usize, deadline);
     let internal_budget = edge::Budget::new(cfg.max_internal_requests as usize, deadline);
+    // The admin route has a budget of its own: a leave closes the other two
+    // and a second `POST /cluster/leave` still gets its 202.
+    let admin_budget = edge::Budget::new(cfg.max_requests as usize, deadline);
+    let intake = Intake { client: client_budget.clone(), internal: internal_budget.clone() };
     let observe = edge::Observe::new(node.clone());
     let secret = internal::require_secret(cfg.cluster_secret.clone());
     // Each group's layers are applied in one `Router::layer` call: axum
@@ -95,8 +126,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(observe.clone())
-                .layer(client_budget.clone())
-                .layer(DefaultBodyLimit::max(body_limit)),
+                .layer(admin_budget)
+                .layer(DefaultBodyLimit::max(body_limit))
+                .layer(Extension(intake.clone())),
         );
     let client = Router::new()
         .route("/kv/{key}", get(kv::get).put(kv::put).delete(kv::delete))
@@ -112,7 +144,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/cluster/ring", get(cluster::ring))
         .layer(observe.clone());
     let unmatched = Router::new().fallback(not_found).layer(observe);
-    client.merge(admin).merge(exempt).merge(internal).merge(gossip).merge(unmatched).with_state(node)
+    let app = client.merge(admin).merge(exempt).merge(internal).merge(gossip).merge(unmatched).with_state(node);
+    (app, intake)
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -577,6 +577,62 @@ async fn a_leave_whose_hand_off_is_not_acknowledged_exits_1_and_stays_a_member()
 }
 
 #[tokio::test]
+async fn a_leaving_node_answers_not_ready_until_it_has_left_and_relays_go_past_it() {
+    // Four nodes, N = 2. n1 does not answer, so n4's hand-off of the keys
+    // n1 is to take stalls (retried for seconds): n4 is leaving meanwhile.
+    let timers = [
+        "--gossip-interval-ms",
+        "50",
+        "--suspect-after-ms",
+        "5000",
+        "--dead-after-ms",
+        "20000",
+        "--request-timeout-ms",
+        "1000",
+    ];
+    let mut c = Cluster::start_with(4, &timers, &["--replicas", "2"]).await;
+    for i in 0..60 {
+        assert_eq!(put(c.node(0), &format!("g{i}"), "v", "?w=all", None).await.status(), 204);
+    }
+    // New keys n3 must relay: to n4 (leaving) first, then to n2.
+    let mut relayed = Vec::new();
+    for i in 0..100 {
+        let key = format!("h{i}");
+        if c.preference_list(&key).await == ["n4", "n2"] {
+            relayed.push(key);
+        }
+    }
+    assert!(!relayed.is_empty(), "some key lives on n4, then n2");
+    c.node(0).pause();
+    let (n3, n4) = (c.node(2), c.node(3));
+    let r = n4.http.post(n4.at("/cluster/leave")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    // Leaving: still serving, not ready, and refusing data without doing it.
+    let r = n4.http.get(n4.at("/health/ready")).send().await.expect("a leaving node still answers readiness");
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert!(body["reason"].as_str().unwrap().contains("leaving"), "{body}");
+    let r = n4.http.put(n4.at("/kv/refused")).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_ready");
+    assert_eq!(n4.http.get(n4.at("/cluster/members")).send().await.unwrap().status(), 200);
+    assert_eq!(n4.http.get(n4.at("/health")).send().await.unwrap().status(), 200);
+    // A write through n3 that n3 relays to n4 first is taken by n2 instead.
+    for key in &relayed {
+        let r = put(n3, key, "new", "?w=1", None).await;
+        assert_eq!(r.status(), 204, "{key}: {}", r.text().await.unwrap_or_default());
+    }
+    c.node(0).resume();
+    // Whether the hand-off then finished (0) or ran out of attempts (1).
+    let _ = c.nodes[3].wait();
+    for key in &relayed {
+        let r = c.node(1).http.get(c.node(1).at(&format!("/kv/{key}?r=1"))).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "new", "{key} on n2");
+    }
+}
+
+#[tokio::test]
 async fn leave_needs_the_bearer_secret_when_one_is_set() {
     let mut c = Cluster::start(2, &["--cluster-secret", "s3cret"]).await;
     let s = c.node(1);
