@@ -1,7 +1,7 @@
 //! Wiring: the only module that sees both the HTTP edge and the background
 //! work. [`start`] opens a node on a bound listener; [`run`] builds the
 //! router, starts the workers, serves until the shutdown future resolves (or
-//! the node is asked to leave), and shuts down.
+//! the node has left, when it is asked to leave), and shuts down.
 //!
 //! Shutdown (SIGTERM, Ctrl-C, or the future in tests): stop accepting and
 //! let in-flight requests finish (bounded by [`DRAIN_TIMEOUT`]); stop the
@@ -14,7 +14,8 @@
 //! (503 `not_ready`) and those in progress finish, the workers stop, every
 //! partition and hint is handed off (bounded by [`LEAVE_TIMEOUT`]), and only
 //! then does HTTP stop. Meanwhile `/health/ready` answers 503 "leaving" (SPEC
-//! §3), gossip and the cluster views keep answering.
+//! §3); gossip, `/health`, `/metrics`, `/cluster/members` and
+//! `/cluster/ring` keep answering.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -84,8 +85,8 @@ pub fn spawn_workers(node: &Arc<Node>) {
     }
 }
 
-/// Serves `node` on `listener` until `shutdown` resolves or the node is asked
-/// to leave, then shuts down as the module docs say.
+/// Serves `node` on `listener` until `shutdown` resolves or the node has
+/// left (once asked to leave), then shuts down as the module docs say.
 pub async fn run(
     node: Arc<Node>,
     listener: TcpListener,
@@ -115,8 +116,8 @@ pub async fn run(
         // node"), and those in progress finish before the hand-off reads
         // the partitions.
         tracing::info!("leaving: refusing new requests, finishing those in progress");
-        if !intake.close(DRAIN_TIMEOUT).await {
-            tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; handing off anyway");
+        if !intake.close().await {
+            tracing::warn!("requests still running past their deadline; handing off anyway");
         }
     } else {
         tracing::info!("shutting down: draining in-flight requests");
@@ -129,8 +130,10 @@ pub async fn run(
     // After the workers stopped, so no heartbeat revives us as alive. A
     // hand-off that fails or runs out of time does not announce `left`:
     // the node stays a member with all its data, and exits 1.
+    // A leave asked for on a connection still open during a SIGTERM drain
+    // was answered 202: it is handed off too (HTTP has already stopped).
     let mut left = Ok(());
-    if leaving {
+    if leaving || leave.is_cancelled() {
         left = match tokio::time::timeout(LEAVE_TIMEOUT, crate::handoff::leave(&node)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(StartError::Leave(e)),

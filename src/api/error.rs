@@ -72,8 +72,9 @@ pub enum ApiError {
     /// The request ran past its deadline.
     #[error("the request did not finish within its deadline; if it was a write, it may have been applied")]
     DeadlineExceeded,
-    /// This node cannot serve the request yet (it just started and has not
-    /// heard from the cluster).
+    /// This node cannot serve the request (it just started and has not
+    /// heard from the cluster, or it is leaving); nothing was done, so
+    /// another node may take it.
     #[error("{0}")]
     NotReady(String),
     /// Coordinator refused or failed.

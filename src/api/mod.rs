@@ -48,6 +48,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 pub struct Intake {
     client: edge::Budget,
     internal: edge::Budget,
+    deadline: Duration,
 }
 
 impl Intake {
@@ -59,12 +60,14 @@ impl Intake {
     }
 
     /// Refuses every new client and internal data request with 503
-    /// `not_ready` (gossip, health, metrics, the membership views and the
-    /// admin route keep answering), and waits at most `timeout` for those in
-    /// progress. Returns whether they all ended.
-    pub async fn close(&self, timeout: Duration) -> bool {
+    /// `not_ready` (gossip, health, metrics, `/cluster/members`,
+    /// `/cluster/ring` and the admin route keep answering), and waits for
+    /// those in progress: at most their deadline and a second, since a
+    /// request past its deadline is dropped and gives its permit back.
+    /// Returns whether they all ended.
+    pub async fn close(&self) -> bool {
         let both = async { tokio::join!(self.client.close(), self.internal.close()) };
-        tokio::time::timeout(timeout, both).await.is_ok()
+        tokio::time::timeout(self.deadline + Duration::from_secs(1), both).await.is_ok()
     }
 }
 
@@ -95,7 +98,7 @@ pub fn router(node: Arc<Node>) -> (Router, Intake) {
     // The admin route has a budget of its own: a leave closes the other two
     // and a second `POST /cluster/leave` still gets its 202.
     let admin_budget = edge::Budget::new(cfg.max_requests as usize, deadline);
-    let intake = Intake { client: client_budget.clone(), internal: internal_budget.clone() };
+    let intake = Intake { client: client_budget.clone(), internal: internal_budget.clone(), deadline };
     let observe = edge::Observe::new(node.clone());
     let secret = internal::require_secret(cfg.cluster_secret.clone());
     // Each group's layers are applied in one `Router::layer` call: axum

@@ -623,6 +623,8 @@ async fn a_leaving_node_answers_not_ready_until_it_has_left_and_relays_go_past_i
         let r = put(n3, key, "new", "?w=1", None).await;
         assert_eq!(r.status(), 204, "{key}: {}", r.text().await.unwrap_or_default());
     }
+    // Still leaving (so n3 got an answer from it, not a refused connection).
+    assert_eq!(crate::support::ready_status(n4).await, 503);
     c.node(0).resume();
     // Whether the hand-off then finished (0) or ran out of attempts (1).
     let _ = c.nodes[3].wait();
