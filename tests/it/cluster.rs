@@ -442,6 +442,48 @@ async fn a_restarted_node_starts_from_the_ring_it_knew() {
     c.wait_all_alive().await;
 }
 
+/// Writes 30 keys at w=all, stops every node (`crash`: SIGKILL, else
+/// SIGTERM), starts them all again, the seed last (so the others start with
+/// nobody to talk to), and reads every key at r=1 through every node.
+async fn whole_cluster_restart(crash: bool, extra: &[&str]) {
+    let mut c = Cluster::start(3, extra).await;
+    for i in 0..30 {
+        assert_eq!(put(c.node(i % 3), &format!("o{i}"), &format!("v{i}"), "?w=all", None).await.status(), 204);
+    }
+    for n in c.nodes.iter_mut() {
+        if crash {
+            n.kill();
+        } else {
+            assert!(n.terminate().success());
+        }
+    }
+    for i in (0..3).rev() {
+        c.nodes[i].restart().await;
+    }
+    c.wait_all_ready().await;
+    for s in &c.nodes {
+        for i in 0..30 {
+            let r = s.http.get(s.at(&format!("/kv/o{i}?r=1"))).send().await.unwrap();
+            assert_eq!(r.status(), 200, "o{i} through {}", s.url);
+            assert_eq!(r.text().await.unwrap(), format!("v{i}"));
+        }
+    }
+    assert_eq!(put(c.node(1), "after", "v", "?w=all", None).await.status(), 204);
+}
+
+#[tokio::test]
+async fn a_whole_cluster_stopped_and_started_again_serves_every_key() {
+    // `docker compose down` and `up`.
+    whole_cluster_restart(false, &[]).await;
+}
+
+#[tokio::test]
+async fn a_whole_cluster_killed_at_once_with_sync_writes_serves_every_key() {
+    // A power cut of every machine: with --sync-writes nothing acknowledged
+    // is lost.
+    whole_cluster_restart(true, &["--sync-writes"]).await;
+}
+
 #[tokio::test]
 async fn leave_hands_off_and_the_others_drop_it_at_once() {
     // Five nodes and N = 3: the leaver's share goes to nodes that did not
