@@ -1,7 +1,8 @@
 //! The gossip worker (SPEC §4, "Gossip"): every `--gossip-interval-ms` this
 //! node bumps its own heartbeat, re-derives statuses, and starts a push-pull
-//! exchange with one random live peer, plus a seed while it knows few peers,
-//! plus now and then a dead member so its return is noticed.
+//! exchange with one random live peer, plus a seed (every round while it
+//! knows few peers, else now and then), plus now and then a dead member so
+//! its return is noticed.
 //!
 //! Exchanges run as their own tracked tasks bounded by the request timeout,
 //! so a slow or paused peer never delays the next round: a stalled loop
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::seq::IndexedRandom;
+use rand::Rng;
 
 use crate::membership::Status;
 use crate::node::Node;
@@ -19,7 +21,12 @@ use crate::transport::wire::GossipMessage;
 use crate::transport::{Route, Target, TransportError};
 use crate::worker::{self, State, WorkError, Worker};
 
-/// While a node knows fewer live peers than this, it also gossips with a seed.
+/// While a node knows fewer live peers than this, it also gossips with a seed
+/// every round; otherwise with probability seeds / other members (as
+/// Cassandra does), so that each seed hears from about one node per round
+/// whatever the cluster's size. A seed that lost its disk and came back
+/// without seeds of its own learns it was a member within a round or two
+/// (`Node::apply_gossip`), before its settle ends (`Node::alone_settle`).
 const FEW_PEERS: usize = 2;
 /// One round in this many also contacts a random dead member.
 const DEAD_PROBE_EVERY: u64 = 5;
@@ -75,8 +82,11 @@ fn round(node: &Arc<Node>, round_no: u64) {
     if let Some(peer) = live.choose(&mut rng) {
         targets.push(peer.clone());
     }
-    if live.len() < FEW_PEERS {
-        if let Some(seed) = node.seeds().choose(&mut rng) {
+    let seeds = node.seeds();
+    let others_known = live.len() + dead.len();
+    let seed_share = (seeds.len() as f64 / others_known.max(1) as f64).min(1.0);
+    if live.len() < FEW_PEERS || rng.random_bool(seed_share) {
+        if let Some(seed) = seeds.choose(&mut rng) {
             targets.push(("seed".to_string(), seed.clone()));
         }
     }

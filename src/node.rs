@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -77,6 +77,8 @@ pub struct Node {
     /// took every partition as its own; cleared once gossip shows whether
     /// that was a new cluster or a wiped member (see `apply_gossip`).
     started_alone: AtomicBool,
+    /// When this node was opened (the settle of a node started alone).
+    opened: Instant,
     /// The seeds other than this node itself (kept, not re-parsed per
     /// request); a seed that keeps answering gossip as this node (its own
     /// address under another spelling) is dropped when that shows.
@@ -143,6 +145,7 @@ impl Node {
             logged: Mutex::default(),
             heard_cluster: AtomicBool::new(false),
             started_alone: AtomicBool::new(started_alone),
+            opened: Instant::now(),
             seeds: Mutex::new(cfg.other_seed_urls()),
             seed_echoes: Mutex::default(),
             ownership: Mutex::new(ownership),
@@ -557,12 +560,32 @@ impl Node {
         if !self.knows_cluster() {
             return Some("has not heard from any member of the cluster yet".into());
         }
+        // Started alone (no seeds, an empty data dir): a new cluster, or a
+        // former member whose disk was lost, whom the others will gossip to
+        // within a few rounds (see `apply_gossip`). It serves at once, but
+        // reports ready only once that had its chance.
+        if self.started_alone.load(Ordering::SeqCst) && !self.heard_cluster() {
+            let left = self.alone_settle().saturating_sub(self.opened.elapsed());
+            if !left.is_zero() {
+                return Some(format!(
+                    "started alone on an empty data dir without seeds: {} ms more for gossip from a cluster that may already know this node id",
+                    left.as_millis()
+                ));
+            }
+        }
         // Inbound, not yet taken up by the transfer worker, or held from
         // before a restart and not yet verified: every partition this node
         // cannot vouch for.
         let view = self.view();
         let inbound = (0..self.cfg.partitions).filter(|p| self.receiving(&view, *p)).count();
         (inbound > 0).then(|| format!("receiving {inbound} partition(s) it owns"))
+    }
+
+    /// How long a node started alone reports not ready while it waits for
+    /// gossip that would show its id was a member before: three gossip
+    /// rounds, at least a second.
+    pub fn alone_settle(&self) -> Duration {
+        (Duration::from_millis(self.cfg.gossip_interval_ms) * 3).max(Duration::from_secs(1))
     }
 
     /// Marks this node as left (the end of a leave hand-off).

@@ -56,10 +56,16 @@ pub enum StartError {
     Leave(String),
 }
 
-/// Opens a node for `cfg` (peers over HTTP), binds its listen address and
+/// Binds `cfg`'s listen address, opens a node for it (peers over HTTP) and
 /// serves until `shutdown` resolves.
-pub async fn start(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+pub async fn start(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     let listen = cfg.listen;
+    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
+    // `--listen host:0` takes a free port: the node advertises (and
+    // recognises itself in seeds under) the one it got.
+    if listen.port() == 0 {
+        cfg.listen = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
+    }
     // Links reconnect after idling half of this node's idle-connection
     // timeout, which the cluster's nodes share.
     let transport = HttpTransport::new(
@@ -68,7 +74,6 @@ pub async fn start(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'sta
         Duration::from_millis(cfg.header_timeout_ms / 2),
     );
     let node = Node::open(cfg, Arc::new(transport))?;
-    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
     run(node, listener, shutdown).await
 }
 

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Uri};
+use axum::http::{header, HeaderName, HeaderValue, Method, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Extension;
 use axum::Router;
@@ -151,10 +152,20 @@ pub fn router(node: Arc<Node>) -> (Router, Intake) {
     (app, intake)
 }
 
-async fn not_found(uri: Uri) -> ApiError {
+/// Unmatched paths: a key route with an empty key is a 400 `invalid_key`
+/// for the methods that route serves (a wrong method is a 405, as with a
+/// key), anything else a 404.
+async fn not_found(method: Method, uri: Uri) -> Response {
     let path = uri.path();
-    if path == "/kv" || path == "/kv/" || path == "/cluster/replicas/" {
-        return ApiError::InvalidKey("key must not be empty".into());
+    let allow = match path {
+        "/kv" | "/kv/" => "GET,HEAD,PUT,DELETE",
+        "/cluster/replicas/" => "GET,HEAD",
+        _ => return ApiError::RouteNotFound(path.to_string()).into_response(),
+    };
+    if allow.split(',').any(|m| m == method.as_str()) {
+        return ApiError::InvalidKey("key must not be empty".into()).into_response();
     }
-    ApiError::RouteNotFound(path.to_string())
+    let mut resp = ApiError::MethodNotAllowed(method.to_string()).into_response();
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
 }

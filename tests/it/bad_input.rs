@@ -146,6 +146,12 @@ async fn unknown_routes_and_methods_are_json() {
     assert_error(s.http.patch(s.at("/kv/k")).send().await.unwrap(), 405, "method_not_allowed").await;
     assert_error(s.http.delete(s.at("/health")).send().await.unwrap(), 405, "method_not_allowed").await;
     assert_error(s.http.get(s.at("/cluster/leave")).send().await.unwrap(), 405, "method_not_allowed").await;
+    // A wrong method on a key route is a 405 whether or not the key is empty.
+    for path in ["/kv/", "/kv", "/cluster/replicas/"] {
+        let r = s.http.post(s.at(path)).body("v").send().await.unwrap();
+        assert!(r.headers().contains_key("allow"), "{path}: {:?}", r.headers());
+        assert_error(r, 405, "method_not_allowed").await;
+    }
     assert_nothing_stored(&s, "k").await;
 }
 

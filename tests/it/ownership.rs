@@ -280,18 +280,34 @@ async fn a_wiped_first_node_without_seeds_refills_instead_of_passing_for_a_new_c
     // again, it first looks like a new cluster's only node; the others'
     // gossip shows its id was a member, and it must refill like a joining
     // node. Anti-entropy is off: only that refill can bring the keys back.
-    let mut c = Cluster::start(3, &["--sync-writes", "--anti-entropy-interval-ms", "0"]).await;
+    // Gossip slow next to a restart: n1 is up well before the others'
+    // gossip reaches it.
+    let timers = [
+        "--gossip-interval-ms",
+        "500",
+        "--suspect-after-ms",
+        "3000",
+        "--dead-after-ms",
+        "9000",
+        "--request-timeout-ms",
+        "500",
+    ];
+    let mut c = Cluster::start_with(3, &timers, &["--sync-writes", "--anti-entropy-interval-ms", "0"]).await;
     for i in 0..40 {
         assert_eq!(put(c.node(1), &format!("w{i}"), &format!("v{i}"), "?w=all").await, 204);
     }
     c.nodes[0].kill();
     std::fs::remove_dir_all(c.nodes[0].data_dir()).unwrap();
     c.nodes[0].restart().await;
-    eventually("n1 hears the others and is ready", || async {
-        let alive = member_statuses(c.node(0)).await.values().filter(|s| s.as_str() == "alive").count();
-        alive == 3 && ready_status(c.node(0)).await == 200
-    })
-    .await;
+    // As a checker would: wait for readiness alone, then read through it.
+    eventually("n1 ready", || async { ready_status(c.node(0)).await == 200 }).await;
+    for i in 0..40 {
+        let r = c.node(0).http.get(c.node(0).at(&format!("/kv/w{i}?r=1"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "w{i} through n1 once it is ready");
+        assert_eq!(r.text().await.unwrap(), format!("v{i}"));
+    }
+    let alive = member_statuses(c.node(0)).await.values().filter(|s| s.as_str() == "alive").count();
+    assert_eq!(alive, 3, "ready only once it heard the others");
     // Ready: it holds what it owns, so its own copy has every key.
     for i in 0..40 {
         let key = format!("w{i}");

@@ -236,3 +236,71 @@ async fn json_logs_are_one_object_a_line() {
         assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
     }
 }
+
+#[tokio::test]
+async fn listen_on_port_zero_advertises_the_port_it_got() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(crate::support::binary())
+            .args(["--log-format", "json", "--listen", "127.0.0.1:0", "--node-id", "z"])
+            .arg("--data-dir")
+            .arg(dir.path().join("d"))
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The "serving" line names the address; stderr is read to its end, so
+    // the node never writes into a closed pipe.
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line.unwrap_or_default()) else { continue };
+            if let Some(a) = v["fields"]["address"].as_str().or(v["address"].as_str()) {
+                let _ = tx.send(a.to_string());
+            }
+        }
+    });
+    let address = rx.recv_timeout(crate::support::DEADLINE).expect("a log line names the address");
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, 0, "{address}");
+    let http = crate::support::client();
+    let members: serde_json::Value = crate::support::eventually_opt(|| async {
+        http.get(format!("{address}/cluster/members")).send().await.ok()?.json().await.ok()
+    })
+    .await
+    .expect("it serves on the port it advertises");
+    assert_eq!(members["members"][0]["address"], address.as_str());
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(child.0.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.0.wait().unwrap().success());
+}
+
+/// A child process killed when the test ends, even by a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_node_started_alone_serves_at_once_and_reports_ready_after_its_settle() {
+    // No seeds, an empty data dir: a new cluster, or a former member whose
+    // disk was lost. It serves at once, and reports ready once the others'
+    // gossip (if any) had three rounds to reach it.
+    let s = Server::start(&["--gossip-interval-ms", "2000"]).await;
+    let r = s.http.get(s.at("/health/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["reason"].as_str().unwrap().contains("started alone"), "{body}");
+    assert_eq!(s.put("k", "v", None).await.0, 204);
+    assert_eq!(s.get("k").await.2, "v");
+    eventually("ready after the settle", || async { ready_status(&s).await == 200 }).await;
+}
