@@ -24,7 +24,7 @@ use crate::cluster::{ClusterView, Membership};
 use crate::config::Config;
 use crate::membership::{Digest, Status, Table, Timeouts};
 use crate::metrics::Metrics;
-use crate::ownership::{Ownership, Standing};
+use crate::ownership::{Mode, Ownership, Standing};
 use crate::ring::RingParams;
 use crate::storage::{Storage, StorageError, StorageOptions};
 use crate::transport::batch::Batcher;
@@ -577,8 +577,16 @@ impl Node {
         // before a restart and not yet verified: every partition this node
         // cannot vouch for.
         let view = self.view();
-        let inbound = (0..self.cfg.partitions).filter(|p| self.receiving(&view, *p)).count();
-        (inbound > 0).then(|| format!("receiving {inbound} partition(s) it owns"))
+        let inbound: Vec<u32> = (0..self.cfg.partitions).filter(|p| self.receiving(&view, *p)).collect();
+        if inbound.is_empty() {
+            return None;
+        }
+        // Those with a copy here are compared (Merkle), not copied again.
+        let verifying = inbound.iter().filter(|p| self.standing(**p) == Standing::Inbound(Mode::Sync)).count();
+        Some(format!(
+            "receiving {} partition(s) it owns ({verifying} of them being verified against the other replicas)",
+            inbound.len()
+        ))
     }
 
     /// How long a node started alone reports not ready while it waits for
