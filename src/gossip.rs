@@ -1,8 +1,8 @@
 //! The gossip worker (SPEC §4, "Gossip"): every `--gossip-interval-ms` this
 //! node bumps its own heartbeat, re-derives statuses, and starts a push-pull
 //! exchange with one random live peer, plus a seed (every round while it
-//! knows few peers, else now and then), plus now and then a dead member so
-//! its return is noticed.
+//! knows few peers, else now and then), plus a dead member so its return is
+//! noticed.
 //!
 //! Exchanges run as their own tracked tasks bounded by the request timeout,
 //! so a slow or paused peer never delays the next round: a stalled loop
@@ -25,24 +25,22 @@ use crate::worker::{self, State, WorkError, Worker};
 /// every round; otherwise with probability seeds / other members (as
 /// Cassandra does), so that each seed hears from about one node per round
 /// whatever the cluster's size. A seed that lost its disk and came back
-/// without seeds of its own learns it was a member within a round or two
-/// (`Node::apply_gossip`), before its settle ends (`Node::alone_settle`).
+/// without seeds of its own almost always learns it was a member within a
+/// round or two (`Node::apply_gossip`), before its settle ends
+/// (`Node::alone_settle`).
 const FEW_PEERS: usize = 2;
-/// One round in this many also contacts a random dead member.
-const DEAD_PROBE_EVERY: u64 = 5;
 
 /// The gossip worker.
 pub struct Gossip {
     node: Arc<Node>,
     tick: tokio::time::Interval,
-    round: u64,
 }
 
 impl Gossip {
     /// Rounds every `--gossip-interval-ms`.
     pub fn new(node: Arc<Node>) -> Self {
         let tick = worker::ticker(Duration::from_millis(node.cfg().gossip_interval_ms));
-        Self { node, tick, round: 0 }
+        Self { node, tick }
     }
 }
 
@@ -52,8 +50,7 @@ impl Worker for Gossip {
     }
 
     async fn work(&mut self) -> Result<State, WorkError> {
-        self.round += 1;
-        round(&self.node, self.round);
+        round(&self.node);
         Ok(State::Idle)
     }
 
@@ -66,7 +63,7 @@ impl Worker for Gossip {
 ///
 /// A heartbeat that cannot be reserved on disk is logged, not an error of the
 /// worker: backing off would silence this node and make it look dead.
-fn round(node: &Arc<Node>, round_no: u64) {
+fn round(node: &Arc<Node>) {
     if let Err(e) = node.heartbeat() {
         tracing::warn!(error = %e, "heartbeat not persisted");
     }
@@ -90,10 +87,11 @@ fn round(node: &Arc<Node>, round_no: u64) {
             targets.push(("seed".to_string(), seed.clone()));
         }
     }
-    if round_no % DEAD_PROBE_EVERY == 0 {
-        if let Some(d) = dead.choose(&mut rng) {
-            targets.push(d.clone());
-        }
+    // A random dead member every round: one back from the dead (a wiped
+    // one above all) hears the cluster within its first round or two; a
+    // dead address costs one failed connect.
+    if let Some(d) = dead.choose(&mut rng) {
+        targets.push(d.clone());
     }
     targets.dedup_by(|a, b| a.1 == b.1);
     for (id, address) in targets {

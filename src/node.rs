@@ -410,9 +410,17 @@ impl Node {
                 let mine = t.heartbeat();
                 let earlier =
                     digests.iter().any(|d| d.id == self.id && d.address == self.address && d.heartbeat > mine);
-                if earlier && self.started_alone.swap(false, Ordering::SeqCst) {
-                    self.ownership.lock().expect("ownership lock").forget_held();
-                    forgot = true;
+                if earlier {
+                    // The flag clears under the ownership lock, with the
+                    // partitions already given up: a readiness check that
+                    // sees it cleared (and so skips the settle) then waits
+                    // for the lock and finds them inbound.
+                    let mut o = self.ownership.lock().expect("ownership lock");
+                    if self.started_alone.load(Ordering::SeqCst) {
+                        o.forget_held();
+                        self.started_alone.store(false, Ordering::SeqCst);
+                        forgot = true;
+                    }
                 }
             }
             let now = SystemTime::now();
@@ -444,7 +452,6 @@ impl Node {
                 )
             });
         }
-        self.heard_cluster.store(true, Ordering::SeqCst);
         for c in conflicts {
             self.log_once(format!("id {} at {}", c.id, c.claimed_by), || {
                 tracing::error!(

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -56,16 +56,24 @@ pub enum StartError {
     Leave(String),
 }
 
-/// Binds `cfg`'s listen address, opens a node for it (peers over HTTP) and
+/// Opens a node for `cfg` (peers over HTTP), binds its listen address and
 /// serves until `shutdown` resolves.
 pub async fn start(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     let listen = cfg.listen;
-    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
-    // `--listen host:0` takes a free port: the node advertises (and
-    // recognises itself in seeds under) the one it got.
-    if listen.port() == 0 {
-        cfg.listen = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
-    }
+    let bind_error = |source| StartError::Bind { addr: listen, source };
+    // `--listen host:0` takes a free port, reserved here (bound, not yet
+    // listening: connections are refused until the node is open), so the
+    // node advertises, and recognises itself in seeds under, the one it
+    // got. Any other address is bound once the data dir is open, so a
+    // second start of the same node says its data dir is in use.
+    let reserved = if listen.port() == 0 {
+        let socket = if listen.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(bind_error)?;
+        socket.bind(listen).map_err(bind_error)?;
+        cfg.listen = socket.local_addr().map_err(bind_error)?;
+        Some(socket)
+    } else {
+        None
+    };
     // Links reconnect after idling half of this node's idle-connection
     // timeout, which the cluster's nodes share.
     let transport = HttpTransport::new(
@@ -74,6 +82,10 @@ pub async fn start(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 
         Duration::from_millis(cfg.header_timeout_ms / 2),
     );
     let node = Node::open(cfg, Arc::new(transport))?;
+    let listener = match reserved {
+        Some(socket) => socket.listen(1024).map_err(bind_error)?,
+        None => TcpListener::bind(listen).await.map_err(bind_error)?,
+    };
     run(node, listener, shutdown).await
 }
 

@@ -1,6 +1,7 @@
 //! The two layers every request passes: [`Observe`] (metrics, a debug log
 //! line, JSON 405s) around every route, and [`Budget`] (load shedding and a
-//! deadline) around the client and internal routes (SPEC §3, "Overload").
+//! deadline) around the client, admin and internal routes (SPEC §3,
+//! "Overload"); a leave closes the client and internal budgets.
 //!
 //! Both are plain tower services whose clones cost a reference count: axum
 //! clones a route's whole layer stack for every request, and the stack they
@@ -104,7 +105,14 @@ where
             return Box::pin(std::future::ready(Ok(refusal.into_response())));
         }
         let Ok(permit) = self.budget.permits.clone().try_acquire_owned() else {
-            return Box::pin(std::future::ready(Ok(ApiError::Overloaded.into_response())));
+            // Closed meanwhile (the close takes every free permit): still
+            // "not ready", which a relaying node may pass on.
+            let refusal = if self.budget.closed.load(Ordering::Acquire) {
+                ApiError::NotReady("this node is leaving the cluster; ask another node".into())
+            } else {
+                ApiError::Overloaded
+            };
+            return Box::pin(std::future::ready(Ok(refusal.into_response())));
         };
         let deadline = self.budget.deadline;
         let work = self.inner.call(req);

@@ -630,7 +630,7 @@ async fn a_leaving_node_answers_not_ready_until_it_has_left_and_relays_go_past_i
         "--dead-after-ms",
         "20000",
         "--request-timeout-ms",
-        "1000",
+        "2000",
     ];
     let mut c = Cluster::start_with(4, &timers, &["--replicas", "2"]).await;
     for i in 0..60 {
