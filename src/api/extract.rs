@@ -213,19 +213,46 @@ pub fn body(node: &Node, body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
     }
 }
 
-/// Whether the client asked for the JSON shape even for one version.
+/// Whether the client asked for the JSON shape even for one version: an
+/// `Accept` naming `application/json` (media types are case-insensitive)
+/// without `q=0`.
 pub fn wants_json(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|part| part.trim().starts_with("application/json")))
+    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, q)| {
+                    k.trim().eq_ignore_ascii_case("q") && q.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
+                })
+            });
+            media.eq_ignore_ascii_case("application/json") && !refused
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::version::Dot;
+
+    #[test]
+    fn accept_asks_for_json_case_insensitively_and_not_with_q_zero() {
+        let accept = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, v.parse().unwrap());
+            wants_json(&h)
+        };
+        for yes in
+            ["application/json", "Application/JSON", "text/plain, application/json;q=0.5", "application/json ; q=1"]
+        {
+            assert!(accept(yes), "{yes}");
+        }
+        for no in ["text/plain", "application/json;q=0", "application/json; q=0.0", "application/jsonx", "*/*"] {
+            assert!(!accept(no), "{no}");
+        }
+        assert!(!wants_json(&HeaderMap::new()));
+    }
 
     fn with(ctx: &Context) -> HeaderMap {
         let mut h = HeaderMap::new();
