@@ -125,9 +125,12 @@ pub async fn run(
         _ = leave.cancelled() => {},
     }
     let leaving = leave.is_cancelled();
+    // A serving error is returned once everything is stopped and flushed.
+    let mut serving = Ok(());
     if leaving {
         // A leaving node keeps serving gossip, health (`/health/ready` is
-        // 503 "leaving") and the cluster views until it has left; client
+        // 503 "leaving"), metrics, `/cluster/members` and `/cluster/ring`
+        // until it has left; client
         // and replica requests are refused from now on (503 `not_ready`,
         // which relays and coordinators take as "not applied, try another
         // node"), and those in progress finish before the hand-off reads
@@ -139,7 +142,7 @@ pub async fn run(
     } else {
         tracing::info!("shutting down: draining in-flight requests");
         stop_serving.cancel();
-        wait_served(served.take()).await?;
+        serving = wait_served(served.take()).await;
     }
     if !node.stop_tasks(DRAIN_TIMEOUT).await {
         tracing::warn!("background tasks still running after {DRAIN_TIMEOUT:?}; closing anyway");
@@ -157,12 +160,12 @@ pub async fn run(
             Err(_) => Err(StartError::Leave(format!("hand-off not finished within {LEAVE_TIMEOUT:?}"))),
         };
         stop_serving.cancel();
-        wait_served(served.take()).await?;
+        serving = serving.and(wait_served(served.take()).await);
     }
     node.close_transport(DRAIN_TIMEOUT).await;
     node.storage().flush().await?;
     tracing::info!("stopped; data flushed");
-    left
+    left.and(serving)
 }
 
 /// Waits for [`serve_http`] to finish its graceful stop, at most

@@ -100,19 +100,15 @@ where
     }
 
     fn call(&mut self, req: Request) -> BoxFuture {
+        let refuse = |e: ApiError| -> BoxFuture { Box::pin(std::future::ready(Ok(e.into_response()))) };
+        let leaving = || ApiError::NotReady("this node is leaving the cluster; ask another node".into());
         if self.budget.closed.load(Ordering::Acquire) {
-            let refusal = ApiError::NotReady("this node is leaving the cluster; ask another node".into());
-            return Box::pin(std::future::ready(Ok(refusal.into_response())));
+            return refuse(leaving());
         }
         let Ok(permit) = self.budget.permits.clone().try_acquire_owned() else {
             // Closed meanwhile (the close takes every free permit): still
             // "not ready", which a relaying node may pass on.
-            let refusal = if self.budget.closed.load(Ordering::Acquire) {
-                ApiError::NotReady("this node is leaving the cluster; ask another node".into())
-            } else {
-                ApiError::Overloaded
-            };
-            return Box::pin(std::future::ready(Ok(refusal.into_response())));
+            return refuse(if self.budget.closed.load(Ordering::Acquire) { leaving() } else { ApiError::Overloaded });
         };
         let deadline = self.budget.deadline;
         let work = self.inner.call(req);
