@@ -77,8 +77,18 @@ pub struct Node {
     /// took every partition as its own; cleared once gossip shows whether
     /// that was a new cluster or a wiped member (see `apply_gossip`).
     started_alone: AtomicBool,
+    /// Started alone under a configured `--node-id`: possibly a former
+    /// member whose disk was lost (a generated id is new by construction),
+    /// so it waits for the others' gossip a while (see [`Node::unsettled`]).
+    settles: bool,
     /// When this node was opened (the settle of a node started alone).
     opened: Instant,
+    /// Woken when gossip from another member is first heard.
+    heard: tokio::sync::Notify,
+    /// Whether this run has sent its member table to anyone: before that,
+    /// nobody can know this run's heartbeat, so a digest naming this node
+    /// comes from an earlier run.
+    announced: AtomicBool,
     /// The seeds other than this node itself (kept, not re-parsed per
     /// request); a seed that keeps answering gossip as this node (its own
     /// address under another spelling) is dropped when that shows.
@@ -145,7 +155,10 @@ impl Node {
             logged: Mutex::default(),
             heard_cluster: AtomicBool::new(false),
             started_alone: AtomicBool::new(started_alone),
+            settles: started_alone && cfg.node_id.is_some(),
             opened: Instant::now(),
+            heard: tokio::sync::Notify::new(),
+            announced: AtomicBool::new(false),
             seeds: Mutex::new(cfg.other_seed_urls()),
             seed_echoes: Mutex::default(),
             ownership: Mutex::new(ownership),
@@ -384,8 +397,8 @@ impl Node {
             }
         }
         self.apply_gossip(&msg.members);
-        if msg.from != self.id {
-            self.heard_cluster.store(true, Ordering::SeqCst);
+        if msg.from != self.id && !self.heard_cluster.swap(true, Ordering::SeqCst) {
+            self.heard.notify_waiters();
         }
         Ok(())
     }
@@ -400,16 +413,21 @@ impl Node {
         let timeouts = self.timeouts();
         self.update_members(|t| {
             // A node that took every partition for a new cluster of its own
-            // hears its id with a heartbeat above its own (an earlier
-            // run's): it is a wiped member started without seeds (typically
+            // hears of its id from an earlier run: it is a wiped member started without seeds (typically
             // the first node, the others' seed), and its empty partitions
             // must not pass for complete copies. Given up under the member
             // lock, before the merge: no view ever shows the cluster while
             // this node still holds everything.
             if self.started_alone.load(Ordering::SeqCst) {
+                // Its id at its address, either with a heartbeat above
+                // this run's, or heard before this run told anyone its
+                // table (an earlier run shorter than this one so far has
+                // the lower heartbeat).
                 let mine = t.heartbeat();
-                let earlier =
-                    digests.iter().any(|d| d.id == self.id && d.address == self.address && d.heartbeat > mine);
+                let unannounced = !self.announced.load(Ordering::SeqCst);
+                let earlier = digests
+                    .iter()
+                    .any(|d| d.id == self.id && d.address == self.address && (unannounced || d.heartbeat > mine));
                 if earlier {
                     // The flag clears under the ownership lock, with the
                     // partitions already given up: a readiness check that
@@ -567,18 +585,16 @@ impl Node {
         if !self.knows_cluster() {
             return Some("has not heard from any member of the cluster yet".into());
         }
-        // Started alone (no seeds, an empty data dir): a new cluster, or a
-        // former member whose disk was lost, whom the others will gossip to
-        // within a few rounds (see `apply_gossip`). It serves at once, but
-        // reports ready only once that had its chance.
-        if self.started_alone.load(Ordering::SeqCst) && !self.heard_cluster() {
-            let left = self.alone_settle().saturating_sub(self.opened.elapsed());
-            if !left.is_zero() {
-                return Some(format!(
-                    "started alone on an empty data dir without seeds: {} ms more for gossip from a cluster that may already know this node id",
-                    left.as_millis()
-                ));
-            }
+        // Started alone (no seeds, an empty data dir) under a configured
+        // id: a new cluster, or a former member whose disk was lost, whom
+        // the others will gossip to within a few rounds (see
+        // `apply_gossip`). It serves at once, but reports ready only once
+        // that had its chance.
+        if let Some(left) = self.unsettled() {
+            return Some(format!(
+                "started alone on an empty data dir without seeds: {} ms more for gossip from a cluster that may already know this node id",
+                left.as_millis()
+            ));
         }
         // Inbound, not yet taken up by the transfer worker, or held from
         // before a restart and not yet verified: every partition this node
@@ -596,11 +612,38 @@ impl Node {
         ))
     }
 
-    /// How long a node started alone reports not ready while it waits for
-    /// gossip that would show its id was a member before: three gossip
-    /// rounds, at least a second.
+    /// How long a node started alone under a configured id reports not
+    /// ready while it waits for gossip that would show its id was a member
+    /// before: three gossip rounds, at least a second.
     pub fn alone_settle(&self) -> Duration {
         (Duration::from_millis(self.cfg.gossip_interval_ms) * 3).max(Duration::from_secs(1))
+    }
+
+    /// How much longer this node waits for gossip before it takes itself
+    /// for a new cluster, or `None` when it does not wait (it did not
+    /// start alone under a configured id, heard a member, found out it was
+    /// wiped, or the settle passed).
+    pub fn unsettled(&self) -> Option<Duration> {
+        if !self.settles || !self.started_alone.load(Ordering::SeqCst) || self.heard_cluster() {
+            return None;
+        }
+        let left = self.alone_settle().saturating_sub(self.opened.elapsed());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Resolves once [`Node::unsettled`] is `None`: at the latest when the
+    /// settle ends, at once when gossip from a member arrives.
+    pub async fn settled(&self) {
+        loop {
+            let heard = self.heard.notified();
+            tokio::pin!(heard);
+            heard.as_mut().enable();
+            let Some(left) = self.unsettled() else { return };
+            tokio::select! {
+                _ = heard => {}
+                _ = tokio::time::sleep(left) => {}
+            }
+        }
     }
 
     /// Marks this node as left (the end of a leave hand-off).
@@ -611,8 +654,10 @@ impl Node {
         });
     }
 
-    /// What this node sends in a gossip exchange.
+    /// What this node sends in a gossip exchange (from then on, others may
+    /// know this run's heartbeat).
     pub fn gossip_message(&self) -> GossipMessage {
+        self.announced.store(true, Ordering::SeqCst);
         let members = self.view().table().digests_at(SystemTime::now());
         GossipMessage { from: self.id.clone(), partitions: self.cfg.partitions, members }
     }

@@ -69,6 +69,17 @@ pub async fn get(State(node): State<Arc<Node>>, req: KvRequest) -> Result<Respon
         return Ok(resp);
     }
     let mut read = coordinator::read(&node, req.key.as_bytes(), req.level).await?;
+    if read.visible.is_empty() && node.unsettled().is_some() {
+        // A node started alone moments ago under a configured id may be a
+        // former member whose disk was lost: a key it does not have may be
+        // one it has not received. Wait for the others' gossip (or the end
+        // of the settle), then read again the way the node now knows.
+        node.settled().await;
+        if let Some(resp) = forward(&node, &req, Bytes::new()).await? {
+            return Ok(resp);
+        }
+        read = coordinator::read(&node, req.key.as_bytes(), req.level).await?;
+    }
     let live = read.visible.iter().filter(|v| !v.payload.deleted).count();
     if live == 0 {
         let resp = ApiError::NotFound.into_response();

@@ -292,15 +292,20 @@ impl Drop for KillOnDrop {
 
 #[tokio::test]
 async fn a_node_started_alone_serves_at_once_and_reports_ready_after_its_settle() {
-    // No seeds, an empty data dir: a new cluster, or a former member whose
-    // disk was lost. It serves at once, and reports ready once the others'
-    // gossip (if any) had three rounds to reach it.
-    let s = Server::start(&["--gossip-interval-ms", "2000"]).await;
+    // No seeds, an empty data dir, a configured id: a new cluster, or a
+    // former member whose disk was lost. It serves at once, and reports
+    // ready once the others' gossip (if any) had three rounds to reach it.
+    let s = Server::start(&["--node-id", "solo", "--gossip-interval-ms", "2000"]).await;
     let r = s.http.get(s.at("/health/ready")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["reason"].as_str().unwrap().contains("started alone"), "{body}");
     assert_eq!(s.put("k", "v", None).await.0, 204);
     assert_eq!(s.get("k").await.2, "v");
-    eventually("ready after the settle", || async { ready_status(&s).await == 200 }).await;
+    // A key it does not have is answered once the settle is over.
+    assert_eq!(s.get("missing").await.0, 404);
+    assert_eq!(ready_status(&s).await, 200, "the missing key was answered after the settle");
+    // A generated id is new by construction: such a node is ready at once.
+    let fresh = Server::start(&[]).await;
+    assert_eq!(ready_status(&fresh).await, 200);
 }
