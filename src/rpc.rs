@@ -177,7 +177,9 @@ pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
             BatchOp::Read { key } | BatchOp::Digest { key } if key_ok(node, key) => {
                 let p = partition_of(key);
                 let mine = view.ring().replicates(p, node.id()) || node.standing(p) != Standing::None;
-                if !mine || !node.knows_cluster() {
+                // A node started alone moments ago (`Node::unsettled`) may be
+                // a wiped former member: a peer asking it proves as much.
+                if !mine || !node.knows_cluster() || node.unsettled().is_some() {
                     BatchReply::Failed(format!("not a replica of partition {p} here"))
                 } else if matches!(op, BatchOp::Digest { .. }) && !node.receiving(&view, p) {
                     match storage.digest(p, key) {
@@ -202,7 +204,7 @@ pub async fn batch(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
             },
             BatchOp::ReadLocal { key } if key_ok(node, key) => {
                 let p = partition_of(key);
-                if node.receiving(&view, p) && !node.ownership(|o| o.holds(p)) {
+                if (node.receiving(&view, p) && !node.ownership(|o| o.holds(p))) || node.unsettled().is_some() {
                     BatchReply::Failed(format!("partition {p} is not held here yet"))
                 } else {
                     match storage.get(p, key) {

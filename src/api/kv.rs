@@ -65,16 +65,20 @@ async fn client_write(node: &Arc<Node>, req: KvRequest, body: Bytes, content: Co
 
 /// `GET /kv/{key}`: one value (200), siblings (300), or 404.
 pub async fn get(State(node): State<Arc<Node>>, req: KvRequest) -> Result<Response, ApiError> {
+    // Taken first: gossip that shows this node was wiped may arrive while
+    // it reads its empty copy.
+    let unsettled = node.unsettled().is_some();
     if let Some(resp) = forward(&node, &req, Bytes::new()).await? {
         return Ok(resp);
     }
     let mut read = coordinator::read(&node, req.key.as_bytes(), req.level).await?;
-    if read.visible.is_empty() && node.unsettled().is_some() {
+    if read.visible.is_empty() && unsettled {
         // A node started alone moments ago under a configured id may be a
         // former member whose disk was lost: a key it does not have may be
         // one it has not received. Wait for the others' gossip (or the end
-        // of the settle), then read again the way the node now knows.
-        node.settled().await;
+        // of the settle, at most a request timeout: well inside the
+        // request's deadline), then read again the way the node now knows.
+        let _ = tokio::time::timeout(node.timeout(), node.settled()).await;
         if let Some(resp) = forward(&node, &req, Bytes::new()).await? {
             return Ok(resp);
         }
