@@ -231,8 +231,9 @@ mod tests {
         Request::builder().uri(path).body(Body::empty()).expect("request")
     }
 
-    #[tokio::test]
-    async fn past_the_budget_a_request_is_refused_at_once_and_a_freed_permit_admits_the_next() {
+    /// `/slow` (answers once the returned `Notify` is notified) and `/fast`,
+    /// under `budget`.
+    fn slow_and_fast(budget: Budget) -> (Router, Arc<Notify>) {
         let release = Arc::new(Notify::new());
         let held = release.clone();
         let app = Router::new()
@@ -247,7 +248,13 @@ mod tests {
                 }),
             )
             .route("/fast", get(|| async { "fast" }))
-            .layer(Budget::new(1, Duration::from_secs(60)));
+            .layer(budget);
+        (app, release)
+    }
+
+    #[tokio::test]
+    async fn past_the_budget_a_request_is_refused_at_once_and_a_freed_permit_admits_the_next() {
+        let (app, release) = slow_and_fast(Budget::new(1, Duration::from_secs(60)));
         let slow = tokio::spawn(app.clone().oneshot(req("/slow")));
         // The slow request holds the only permit once it is being served.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -268,22 +275,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_budget_refuses_new_requests_as_not_ready_and_waits_for_those_in_progress() {
-        let release = Arc::new(Notify::new());
-        let held = release.clone();
         let budget = Budget::new(8, Duration::from_secs(60));
-        let app = Router::new()
-            .route(
-                "/slow",
-                get(move || {
-                    let held = held.clone();
-                    async move {
-                        held.notified().await;
-                        "done"
-                    }
-                }),
-            )
-            .route("/fast", get(|| async { "fast" }))
-            .layer(budget.clone());
+        let (app, release) = slow_and_fast(budget.clone());
         let slow = tokio::spawn(app.clone().oneshot(req("/slow")));
         let deadline = Instant::now() + Duration::from_secs(30);
         while budget.permits.available_permits() == 8 {

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{context_of, eventually, member_statuses, replica_versions, sorted_values, Cluster, Server};
+use crate::support::{
+    context_of, eventually, member_statuses, reads_back_at_r1, replica_versions, sorted_values, Cluster, Server,
+};
 
 async fn ring_nodes(s: &Server) -> std::collections::BTreeSet<String> {
     let r: Value = s.http.get(s.at("/cluster/ring")).send().await.unwrap().json().await.unwrap();
@@ -462,11 +464,7 @@ async fn whole_cluster_restart(crash: bool, extra: &[&str]) {
     }
     c.wait_all_ready().await;
     for s in &c.nodes {
-        for i in 0..30 {
-            let r = s.http.get(s.at(&format!("/kv/o{i}?r=1"))).send().await.unwrap();
-            assert_eq!(r.status(), 200, "o{i} through {}", s.url);
-            assert_eq!(r.text().await.unwrap(), format!("v{i}"));
-        }
+        reads_back_at_r1(s, "o", 30, &format!("through {}", s.url)).await;
     }
     assert_eq!(put(c.node(1), "after", "v", "?w=all", None).await.status(), 204);
 }

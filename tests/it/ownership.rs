@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::support::{
-    eventually, member_statuses, metric, ready_status, replica_versions, sorted_values, Cluster, Server, DEADLINE, FAST,
+    eventually, member_statuses, metric, reads_back_at_r1, ready_status, replica_versions, sorted_values, Cluster,
+    Server, DEADLINE, FAST,
 };
 
 async fn put(s: &Server, key: &str, value: &str, query: &str) -> u16 {
@@ -302,18 +303,10 @@ async fn a_wiped_first_node_without_seeds_refills_instead_of_passing_for_a_new_c
     // Read through it at once, before the others' gossip reached it: a key
     // it does not have yet is not answered 404 while it may still learn it
     // was wiped.
-    for i in 0..40 {
-        let r = c.node(0).http.get(c.node(0).at(&format!("/kv/w{i}?r=1"))).send().await.unwrap();
-        assert_eq!(r.status(), 200, "w{i} through n1 straight after its restart");
-        assert_eq!(r.text().await.unwrap(), format!("v{i}"));
-    }
+    reads_back_at_r1(c.node(0), "w", 40, "through n1 straight after its restart").await;
     // As a checker would: wait for readiness alone, then read through it.
     eventually("n1 ready", || async { ready_status(c.node(0)).await == 200 }).await;
-    for i in 0..40 {
-        let r = c.node(0).http.get(c.node(0).at(&format!("/kv/w{i}?r=1"))).send().await.unwrap();
-        assert_eq!(r.status(), 200, "w{i} through n1 once it is ready");
-        assert_eq!(r.text().await.unwrap(), format!("v{i}"));
-    }
+    reads_back_at_r1(c.node(0), "w", 40, "through n1 once it is ready").await;
     let alive = member_statuses(c.node(0)).await.values().filter(|s| s.as_str() == "alive").count();
     assert_eq!(alive, 3, "ready only once it heard the others");
     // Ready: it holds what it owns, so its own copy has every key.
@@ -352,11 +345,7 @@ async fn a_node_paused_until_declared_dead_does_not_answer_from_its_stale_copy_w
     .await;
     // Its copy missed every one of those writes; r=1 through it must not
     // answer from that copy alone.
-    for i in 0..20 {
-        let r = c.node(2).http.get(c.node(2).at(&format!("/kv/p{i}?r=1"))).send().await.unwrap();
-        assert_eq!(r.status(), 200, "p{i} through the resumed n3");
-        assert_eq!(r.text().await.unwrap(), format!("v{i}"));
-    }
+    reads_back_at_r1(c.node(2), "p", 20, "through the resumed n3").await;
     eventually("n3 ready again once verified", || async { ready_status(c.node(2)).await == 200 }).await;
     for i in 0..20 {
         let reps = replica_versions(c.node(2), &format!("p{i}")).await;

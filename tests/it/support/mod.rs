@@ -418,6 +418,16 @@ pub async fn metric(s: &Server, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Reads `{prefix}0..{prefix}{n}` at r=1 through `s`: each must answer 200
+/// with `v{i}` (`when` names the moment in a failure).
+pub async fn reads_back_at_r1(s: &Server, prefix: &str, n: usize, when: &str) {
+    for i in 0..n {
+        let r = s.http.get(s.at(&format!("/kv/{prefix}{i}?r=1"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{prefix}{i} {when}");
+        assert_eq!(r.text().await.unwrap(), format!("v{i}"));
+    }
+}
+
 /// The status `GET /health/ready` answers (0 when unreachable).
 pub async fn ready_status(s: &Server) -> u16 {
     match s.http.get(s.at("/health/ready")).send().await {
