@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Runs the dynakv benchmark matrix on this machine and writes bench/RESULTS.md.
+"""Runs the dynakv benchmark matrix on this machine and writes its section of
+bench/RESULTS.md (bench/results/matrix.md).
 
 Started by bench/run.sh after a release build. Everything runs on 127.0.0.1:
 the in-memory and bare-sled baselines, a 1-node dynakv and a 3-node dynakv
@@ -10,21 +11,18 @@ RUNS, KEYS, CONC, BIG_KEYS (keys for the memory/disk load), QUICK=1.
 """
 
 import datetime
-import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DYNAKV = os.path.join(ROOT, "target/release/dynakv")
-BENCH = os.path.join(ROOT, "target/release/dynakv-bench")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+from common import BENCH, DYNAKV, Procs, cpu_seconds, du_mib, free_port, rss_mib, start_dynakv, wait_http  # noqa: E402
+
 QUICK = os.environ.get("QUICK") == "1"
 DUR = os.environ.get("DUR", "2s" if QUICK else "5s")
 WARM = os.environ.get("WARM", "1s")
@@ -34,95 +32,14 @@ CONC = int(os.environ.get("CONC", "32"))
 BIG_KEYS = int(os.environ.get("BIG_KEYS", "20000" if QUICK else "1000000"))
 WORKLOADS = ["a", "b", "c", "write", "delete"]
 LEVELS = ["1", "quorum", "all"]
-TICK = os.sysconf("SC_CLK_TCK")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def bench(urls, workload, level=None, rate=None):
+    return common.bench(urls, workload, KEYS, CONC, DUR, WARM, level=level, rate=rate)
 
 
-def wait_http(url, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                return r.read()
-        except Exception:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} did not answer")
-
-
-def cpu_seconds(pids):
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
-
-
-def rss_mib(pids):
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total / 1024
-
-
-def du_mib(path):
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(dirpath, f))
-            except OSError:
-                pass
-    return total / (1024 * 1024)
-
-
-class Procs:
-    def __init__(self):
-        self.procs = []
-
-    def start(self, args):
-        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
-        self.procs.append(p)
-        return p
-
-    def stop(self):
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        self.procs = []
-
-
-def bench(urls, workload, level=None, rate=None, extra=()):
-    out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-    args = [BENCH, "run", "--urls", ",".join(urls), "--workload", workload, "--keys", str(KEYS),
-            "--concurrency", str(CONC), "--duration", DUR, "--warmup", WARM, "--json", out, *extra]
-    if level:
-        args += ["--r", level, "--w", level]
-    if rate:
-        args += ["--rate", str(rate)]
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with open(out) as f:
-        report = json.load(f)
-    os.unlink(out)
-    return report
-
-
-def preload(urls, keys=KEYS, conc=CONC, value_size=1024):
-    subprocess.run([BENCH, "run", "--urls", ",".join(urls), "--keys", str(keys), "--concurrency", str(conc),
-                    "--value-size", str(value_size), "--preload-only"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def preload(urls, keys=KEYS, conc=CONC):
+    common.preload(urls, keys, conc=conc)
 
 
 def measure(name, urls, pids, results, levels=(None,)):
@@ -142,31 +59,8 @@ def measure(name, urls, pids, results, levels=(None,)):
                       f"p99 {rep['total']['p99_ms']:.2f} ms", flush=True)
 
 
-def start_dynakv(procs, n, root):
-    ports = [free_port() for _ in range(n)]
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
-    pids = []
-    for i, port in enumerate(ports):
-        args = [DYNAKV, "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(root, f"n{i + 1}"),
-                "--node-id", f"n{i + 1}"]
-        if i > 0:
-            args += ["--seeds", urls[0]]
-        pids.append(procs.start(args).pid)
-    for u in urls:
-        wait_http(u + "/health")
-    if n > 1:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            body = json.loads(wait_http(urls[-1] + "/cluster/members"))
-            if sum(m["status"] == "alive" for m in body["members"]) == n:
-                break
-            time.sleep(0.1)
-    return urls, pids
-
-
 def med(rows, key):
-    vals = [r[key] for r in rows]
-    return statistics.median(vals), min(vals), max(vals)
+    return common.med([r[key] for r in rows])
 
 
 def main():
@@ -240,7 +134,7 @@ def write_report(results, half, sat, big):
         return f"{fmt.format(m)} ({fmt.format(lo)}–{fmt.format(hi)})"
 
     lines = []
-    lines.append("# dynakv benchmark results\n")
+    lines.append("## The matrix (`bench/run.sh`)\n")
     lines.append(f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ")
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     lines.append(f"Machine: {os.cpu_count()} cores ({cpu_model()}), {mem_gib:.0f} GiB, {platform.system()} {platform.release()}  ")
@@ -295,15 +189,8 @@ def write_report(results, half, sat, big):
     lines.append(f"| {big['rss_start']:.0f} MiB | {big['rss']:.0f} MiB | {big['disk']:.0f} MiB | {big['load_secs']:.0f} s | "
                  f"{big['keys'] / big['load_secs']:.0f} keys/s |")
 
-    notes = os.path.join(ROOT, "bench", "NOTES.md")
-    if os.path.exists(notes):
-        lines.append("")
-        with open(notes) as f:
-            lines.append(f.read().rstrip())
-    out = os.path.join(ROOT, "bench", "RESULTS.md")
-    with open(out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    common.write_section("matrix.md", "\n".join(lines))
+    print("wrote bench/results/matrix.md and bench/RESULTS.md")
 
 
 if __name__ == "__main__":
