@@ -107,7 +107,13 @@ fn round(node: &Arc<Node>) {
 /// One push-pull exchange with the node at `address`.
 pub async fn exchange(node: &Node, id: &str, address: &str) -> Result<(), TransportError> {
     let msg = serde_json::to_vec(&node.gossip_message()).expect("gossip serializes");
-    let reply = node.call(Target { id, address }, Route::Gossip, Bytes::from(msg)).await?;
+    let reply = match node.call(Target { id, address }, Route::Gossip, Bytes::from(msg)).await {
+        Err(TransportError::Refused(why)) => {
+            node.refused_by(address, &why);
+            return Err(TransportError::Refused(why));
+        }
+        other => other?,
+    };
     let reply: GossipMessage = serde_json::from_slice(&reply).map_err(|_| TransportError::Malformed)?;
     if node.is_own_echo(&reply) {
         node.seed_echoed(address);

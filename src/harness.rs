@@ -191,6 +191,7 @@ impl Transport for MemTransport {
             }
             answer.map_err(|e| match e {
                 RpcError::InvalidBody(_) => TransportError::Status(400),
+                RpcError::MembershipRefused(why) => TransportError::Refused(why),
                 RpcError::HintBacklogFull => TransportError::Status(503),
                 RpcError::Storage(_) => TransportError::Status(500),
             })

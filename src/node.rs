@@ -50,6 +50,18 @@ pub enum OpenError {
     Storage(#[from] StorageError),
 }
 
+/// Why gossip from a peer was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GossipRefusal {
+    /// The sender must not be a member here (answered 409,
+    /// `membership_refused`).
+    #[error("{0}")]
+    NotAMember(String),
+    /// The message is malformed (answered 400).
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// A node's shared state.
 pub struct Node {
     cfg: Config,
@@ -73,6 +85,11 @@ pub struct Node {
     logged: Mutex<HashSet<String>>,
     /// Whether gossip from another member was heard since start.
     heard_cluster: AtomicBool,
+    /// Why a member last refused this node's gossip (its id is alive at
+    /// another address, or another `--partitions`), until one accepts it
+    /// again: such a node does not act as a member (see
+    /// [`Node::knows_cluster`]).
+    refused: Mutex<Option<String>>,
     /// Started on a new data dir with no seeds and no members known, so it
     /// took every partition as its own; cleared once gossip shows whether
     /// that was a new cluster or a wiped member (see `apply_gossip`).
@@ -154,6 +171,7 @@ impl Node {
             workers: worker::Registry::default(),
             logged: Mutex::default(),
             heard_cluster: AtomicBool::new(false),
+            refused: Mutex::default(),
             started_alone: AtomicBool::new(started_alone),
             settles: started_alone && cfg.node_id.is_some(),
             opened: Instant::now(),
@@ -361,11 +379,14 @@ impl Node {
     }
 
     /// Checks a gossip message from a peer (either direction of an
-    /// exchange) and applies it: another `--partitions` is refused and
-    /// logged once; so is a message too large or with a malformed entry.
-    /// Hearing from a member other than itself is what "knows the cluster"
-    /// means for readiness.
-    pub fn accept_gossip(&self, msg: &GossipMessage) -> Result<(), String> {
+    /// exchange) and applies it. A sender that must not be a member is
+    /// refused whole and logged once: another `--partitions`, or an id
+    /// alive here at another address (SPEC §4, "Safety of membership"): it
+    /// learns nothing of the cluster, so it never coordinates a write under
+    /// an id whose dots another process issues. A message too large or with
+    /// a malformed entry is refused too. Hearing from a member other than
+    /// itself is what "knows the cluster" means for readiness.
+    pub fn accept_gossip(&self, msg: &GossipMessage) -> Result<(), GossipRefusal> {
         // This node talking to itself through a seed under another name:
         // nothing to learn, and no sign of a cluster. (Another process
         // claiming this id sends another address, and is refused below.)
@@ -382,25 +403,59 @@ impl Node {
                     "refusing gossip from a node with another --partitions; it stays off the ring"
                 )
             });
-            return Err(format!(
+            return Err(GossipRefusal::NotAMember(format!(
                 "sender has --partitions {}, this node {ours}; Q must match cluster-wide",
                 msg.partitions
-            ));
+            )));
         }
         if msg.members.len() > MAX_GOSSIP_MEMBERS {
-            return Err("too many members".into());
+            return Err(GossipRefusal::Invalid("too many members".into()));
         }
         for m in &msg.members {
             let url_ok = m.address.starts_with("http://") || m.address.starts_with("https://");
             if !crate::config::valid_node_id(&m.id) || !url_ok || m.address.len() > 512 {
-                return Err(format!("invalid member entry {:?}", m.id));
+                return Err(GossipRefusal::Invalid(format!("invalid member entry {:?}", m.id)));
             }
         }
+        let sender = msg.members.iter().find(|d| d.id == msg.from);
+        if let Some(c) = sender.and_then(|d| self.view().table().conflict(d)) {
+            self.log_conflict(&c);
+            return Err(GossipRefusal::NotAMember(format!(
+                "node id {} is alive at {}, not at {}: two processes must not share an id",
+                c.id, c.alive_at, c.claimed_by
+            )));
+        }
         self.apply_gossip(&msg.members);
-        if msg.from != self.id && !self.heard_cluster.swap(true, Ordering::SeqCst) {
-            self.heard.notify_waiters();
+        if msg.from != self.id {
+            *self.refused.lock().expect("refusal lock") = None;
+            if !self.heard_cluster.swap(true, Ordering::SeqCst) {
+                self.heard.notify_waiters();
+            }
         }
         Ok(())
+    }
+
+    /// The member at `address` refused this node's gossip: it does not act
+    /// as a member until one accepts it again, says why in its readiness,
+    /// and logs it once per refusing member.
+    pub fn refused_by(&self, address: &str, why: &str) {
+        *self.refused.lock().expect("refusal lock") = Some(format!("{address} refuses this node: {why}"));
+        self.log_once(
+            format!("refused by {address}"),
+            || tracing::error!(peer = %address, reason = %why, "a member refuses this node; it stays off the ring"),
+        );
+    }
+
+    /// Logs a refused claim on an id (once per id and claimant).
+    fn log_conflict(&self, c: &crate::membership::Conflict) {
+        self.log_once(format!("id {} at {}", c.id, c.claimed_by), || {
+            tracing::error!(
+                id = %c.id,
+                alive_at = %c.alive_at,
+                claimed_by = %c.claimed_by,
+                "refusing a member that claims an id already alive at another address; it stays off the ring"
+            )
+        });
     }
 
     /// Applies digests heard by gossip; refused claims (an id alive at
@@ -471,14 +526,7 @@ impl Node {
             });
         }
         for c in conflicts {
-            self.log_once(format!("id {} at {}", c.id, c.claimed_by), || {
-                tracing::error!(
-                    id = %c.id,
-                    alive_at = %c.alive_at,
-                    claimed_by = %c.claimed_by,
-                    "refusing a member that claims an id already alive at another address; it stays off the ring"
-                )
-            });
+            self.log_conflict(&c);
         }
     }
 
@@ -507,14 +555,14 @@ impl Node {
 
     /// Whether this node knows the cluster: it is alone by design (no seeds,
     /// no other member known but ones that left) or has heard gossip from a
-    /// member.
+    /// member, and no member refuses it since.
     pub fn knows_cluster(&self) -> bool {
         self.knows_cluster_in(&self.view())
     }
 
     /// [`Node::knows_cluster`], asked of `view` rather than a fresh one.
     fn knows_cluster_in(&self, view: &ClusterView) -> bool {
-        self.heard_cluster()
+        (self.heard_cluster() && self.refused.lock().expect("refusal lock").is_none())
             || (self.seeds.lock().expect("seeds lock").is_empty()
                 && view.members().all(|m| m.id == self.id || m.status == Status::Left))
     }
@@ -583,6 +631,9 @@ impl Node {
             return Some("leaving the cluster".into());
         }
         if !self.knows_cluster() {
+            if let Some(why) = self.refused.lock().expect("refusal lock").clone() {
+                return Some(format!("refused by the cluster: {why}"));
+            }
             return Some("has not heard from any member of the cluster yet".into());
         }
         // Started alone (no seeds, an empty data dir) under a configured

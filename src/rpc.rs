@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use crate::config::valid_node_id;
 use crate::merkle;
-use crate::node::Node;
+use crate::node::{GossipRefusal, Node};
 use crate::ownership::Standing;
 use crate::storage::StorageError;
 use crate::transport::wire::{
@@ -24,6 +24,9 @@ pub enum RpcError {
     /// The body does not decode or is not acceptable.
     #[error("{0}")]
     InvalidBody(String),
+    /// Gossip from a node that must not be a member here.
+    #[error("{0}")]
+    MembershipRefused(String),
     /// This stand-in keeps no more hints.
     #[error("hint backlog full")]
     HintBacklogFull,
@@ -144,7 +147,10 @@ pub async fn anti_entropy(node: &Arc<Node>, body: &[u8]) -> Result<Bytes, RpcErr
 pub fn gossip(node: &Node, body: &[u8]) -> Result<Bytes, RpcError> {
     let msg: GossipMessage =
         serde_json::from_slice(body).map_err(|e| RpcError::InvalidBody(format!("invalid gossip JSON: {e}")))?;
-    node.accept_gossip(&msg).map_err(RpcError::InvalidBody)?;
+    node.accept_gossip(&msg).map_err(|e| match e {
+        GossipRefusal::NotAMember(why) => RpcError::MembershipRefused(why),
+        GossipRefusal::Invalid(why) => RpcError::InvalidBody(why),
+    })?;
     Ok(Bytes::from(serde_json::to_vec(&node.gossip_message()).expect("gossip serializes")))
 }
 

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::coordinator::CoordError;
 use crate::rpc::RpcError;
 use crate::storage::StorageError;
+use crate::transport::MEMBERSHIP_REFUSED;
 use crate::version::token;
 
 /// An error answered to a client.
@@ -56,6 +57,10 @@ pub enum ApiError {
     /// Internal route body that does not decode.
     #[error("{0}")]
     InvalidBody(String),
+    /// Gossip from a node that must not be a member here (its id is alive
+    /// at another address, or it runs another `--partitions`).
+    #[error("{0}")]
+    MembershipRefused(String),
     /// Internal route body over its limit.
     #[error("request body exceeds this route's limit")]
     BodyTooLarge,
@@ -98,6 +103,7 @@ impl From<RpcError> for ApiError {
     fn from(e: RpcError) -> Self {
         match e {
             RpcError::InvalidBody(msg) => ApiError::InvalidBody(msg),
+            RpcError::MembershipRefused(msg) => ApiError::MembershipRefused(msg),
             RpcError::HintBacklogFull => ApiError::HintBacklogFull,
             RpcError::Storage(s) => ApiError::Storage(s),
         }
@@ -118,6 +124,7 @@ impl ApiError {
             ApiError::InvalidContentType => (StatusCode::BAD_REQUEST, "invalid_content_type"),
             ApiError::Unauthorized | ApiError::AdminUnauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            ApiError::MembershipRefused(_) => (StatusCode::CONFLICT, MEMBERSHIP_REFUSED),
             ApiError::HintBacklogFull => (StatusCode::SERVICE_UNAVAILABLE, "hint_backlog_full"),
             ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),

@@ -352,6 +352,20 @@ impl Table {
         out
     }
 
+    /// Whether `d` claims an id that another process holds: this node's own
+    /// id at another address, or a member alive here at another address (a
+    /// member that is suspect, dead or left may move, and a digest saying
+    /// it left is news of that member, not a claim).
+    pub fn conflict(&self, d: &Digest) -> Option<Conflict> {
+        let held = self.members.get(&d.id)?;
+        let taken = if d.id == self.me { true } else { held.status == Status::Alive && !d.left };
+        (taken && d.address != held.address).then(|| Conflict {
+            id: d.id.clone(),
+            alive_at: held.address.clone(),
+            claimed_by: d.address.clone(),
+        })
+    }
+
     /// Applies digests heard from a peer at `now`. Returns whether the
     /// members, the ring members, the members not left or an address changed.
     ///
@@ -364,16 +378,12 @@ impl Table {
         let not_left_before = self.not_left_count();
         let mut changed = false;
         for d in digests {
+            if let Some(c) = self.conflict(d) {
+                self.conflicts.push(c);
+                continue;
+            }
             if d.id == self.me {
                 let me = self.members.get_mut(&self.me).expect("self entry");
-                if d.address != me.address {
-                    self.conflicts.push(Conflict {
-                        id: d.id.clone(),
-                        alive_at: me.address.clone(),
-                        claimed_by: d.address.clone(),
-                    });
-                    continue;
-                }
                 // Someone saw a heartbeat of ours we no longer know (a restart
                 // whose reservation was lost): jump past it.
                 if d.heartbeat > me.heartbeat {
@@ -389,14 +399,6 @@ impl Table {
                     changed = true;
                 }
                 Some(m) => {
-                    if d.address != m.address && m.status == Status::Alive && !d.left {
-                        self.conflicts.push(Conflict {
-                            id: d.id.clone(),
-                            alive_at: m.address.clone(),
-                            claimed_by: d.address.clone(),
-                        });
-                        continue;
-                    }
                     if d.heartbeat > m.heartbeat {
                         changed |= m.address != d.address;
                         m.heartbeat = d.heartbeat;

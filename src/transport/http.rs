@@ -15,7 +15,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{BoxFuture, ForwardRequest, ForwardResponse, PeerLink, Route, Target, Transport, TransportError};
+use super::{
+    BoxFuture, ForwardRequest, ForwardResponse, PeerLink, Route, Target, Transport, TransportError, MEMBERSHIP_REFUSED,
+};
 
 /// Header carrying the cluster secret.
 pub const SECRET_HEADER: &str = "x-dynakv-secret";
@@ -89,8 +91,18 @@ impl Transport for HttpTransport {
                 req = req.header(SECRET_HEADER, s);
             }
             let resp = req.send().await.map_err(|e| classify(e, timeout))?;
-            if !resp.status().is_success() {
-                return Err(TransportError::Status(resp.status().as_u16()));
+            let status = resp.status();
+            if status == reqwest::StatusCode::CONFLICT {
+                // A refusal says why; any other 409 is just a status.
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                if body["code"] == MEMBERSHIP_REFUSED {
+                    let why = body["error"].as_str().unwrap_or("no reason given");
+                    return Err(TransportError::Refused(why.to_string()));
+                }
+                return Err(TransportError::Status(status.as_u16()));
+            }
+            if !status.is_success() {
+                return Err(TransportError::Status(status.as_u16()));
             }
             resp.bytes().await.map_err(|e| classify(e, timeout))
         })

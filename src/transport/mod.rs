@@ -70,6 +70,11 @@ impl Route {
     }
 }
 
+/// The error code of a gossip exchange refused because the sender must not
+/// be a member (HTTP 409): its id is alive at another address, or it runs
+/// another `--partitions`.
+pub const MEMBERSHIP_REFUSED: &str = "membership_refused";
+
 /// Why a message got no answer. `Clone`, so one failed batch can tell every
 /// operation in it what happened, keeping the kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +92,9 @@ pub enum TransportError {
     /// The peer answered with an error status.
     #[error("peer answered {0}")]
     Status(u16),
+    /// The peer refuses this node as a member (its answer's reason).
+    #[error("refused as a member: {0}")]
+    Refused(String),
     /// The peer's answer did not decode.
     #[error("peer sent a malformed answer")]
     Malformed,

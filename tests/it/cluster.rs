@@ -404,7 +404,7 @@ async fn cluster_secret_guards_internal_routes() {
 }
 
 #[tokio::test]
-async fn internal_garbage_is_400_and_changes_nothing() {
+async fn internal_garbage_is_4xx_and_changes_nothing() {
     let c = Cluster::start(2, &[]).await;
     let s = c.node(0);
     for (path, body) in [
@@ -413,7 +413,6 @@ async fn internal_garbage_is_400_and_changes_nothing() {
             "/internal/gossip",
             r#"{"from":"x","partitions":64,"members":[{"id":"bad id","address":"http://x","heartbeat":1}]}"#,
         ),
-        ("/internal/gossip", r#"{"from":"x","partitions":7,"members":[]}"#),
         ("/internal/batch", "garbage"),
         ("/internal/batch", ""),
         ("/internal/hint", "\u{1}\u{ff}"),
@@ -422,6 +421,13 @@ async fn internal_garbage_is_400_and_changes_nothing() {
         assert_eq!(r.status(), 400, "{path} {body}");
         assert!(r.json::<Value>().await.unwrap()["code"].is_string());
     }
+    // Well formed, from a node that must not be a member: 409, saying why.
+    let r =
+        s.http.post(s.at("/internal/gossip")).body(r#"{"from":"x","partitions":7,"members":[]}"#).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "membership_refused");
+    assert!(body["error"].as_str().unwrap().contains("--partitions 7"), "{body}");
     // Over the gossip limit: a JSON 413, not a buffered megabyte.
     let r = s.http.post(s.at("/internal/gossip")).body(vec![b' '; (1 << 20) + 1]).send().await.unwrap();
     assert_eq!(r.status(), 413);

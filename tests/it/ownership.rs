@@ -383,10 +383,61 @@ async fn another_partition_count_and_a_duplicate_live_id_are_refused() {
         assert_eq!(members.len(), 2, "{members:?}");
         assert_eq!(members["n2"], (c.node(1).url.clone(), "alive".to_string()), "n2 stays where it is alive");
     }
-    assert_eq!(ready_status(&odd).await, 503, "the odd node never joined");
+    // Neither acts as a member, and each says why it is not ready.
+    for (s, why) in [(&odd, "--partitions"), (&dup, "alive at")] {
+        let r = s.http.get(s.at("/health/ready")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let body: Value = r.json().await.unwrap();
+        let reason = body["reason"].as_str().unwrap();
+        assert!(reason.contains("refused") && reason.contains(why), "{reason}");
+    }
     // The cluster keeps serving.
     assert_eq!(put(c.node(1), "still", "here", "?w=all").await, 204);
     assert_eq!(c.node(0).get("still").await.2, "here");
+    // A write through the duplicate is coordinated by a member (it relays
+    // to its seed), never under n2's id by a second process: a later plain
+    // write through the real n2 supersedes it instead of passing for older
+    // than the duplicate's dots and being dropped.
+    for i in 0..10 {
+        let key = format!("dup{i}");
+        assert_eq!(put(&dup, &key, "through the duplicate", "").await, 204);
+        assert_eq!(put(c.node(1), &key, "through n2", "").await, 204);
+        for s in &c.nodes {
+            let r = s.http.get(s.at(&format!("/kv/{key}?r=all"))).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{key}");
+            assert_eq!(r.text().await.unwrap(), "through n2", "{key}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_member_restarted_at_another_address_is_taken_back_once_its_old_one_falls_silent() {
+    let mut c = Cluster::start(3, &[]).await;
+    for i in 0..20 {
+        assert_eq!(put(c.node(0), &format!("m{i}"), &format!("v{i}"), "?w=all").await, 204);
+    }
+    let old = c.node(1).url.clone();
+    c.nodes[1].terminate();
+    c.nodes[1].restart_elsewhere().await;
+    let new = c.node(1).url.clone();
+    assert_ne!(new, old);
+    // The others refuse n2's new address while the old one is alive to
+    // them; once it falls silent (suspect), the move is taken.
+    eventually("n2 ready at its new address", || async { ready_status(c.node(1)).await == 200 }).await;
+    for s in [c.node(0), c.node(2)] {
+        eventually("the others list n2 alive at its new address", || async {
+            let m: Value = s.http.get(s.at("/cluster/members")).send().await.unwrap().json().await.unwrap();
+            m["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == "n2" && m["address"] == new && m["status"] == "alive")
+        })
+        .await;
+    }
+    reads_back_at_r1(c.node(1), "m", 20, "through n2 at its new address").await;
+    assert_eq!(put(c.node(1), "after-move", "here", "?w=all").await, 204);
+    assert_eq!(c.node(2).get("after-move").await.2, "here");
 }
 
 #[tokio::test]

@@ -178,6 +178,17 @@ impl Server {
         self.boot().await;
     }
 
+    /// Starts the process again on the same data dir at another port (a
+    /// node moved to a new address).
+    pub async fn restart_elsewhere(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        let old = self.port;
+        while self.port == old {
+            self.port = free_port();
+        }
+        self.boot().await;
+    }
+
     /// PUT a value; returns (status, X-Context).
     pub async fn put(&self, key: &str, value: &str, ctx: Option<&str>) -> (u16, Option<String>) {
         let mut req = self.http.put(self.at(&format!("/kv/{key}"))).body(value.to_string());
