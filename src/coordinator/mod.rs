@@ -469,7 +469,22 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
         }
     }
     let deadline = Instant::now() + node.timeout() + Duration::from_millis(50);
-    while g.tally.outcome() == Outcome::Pending {
+    // Nothing found is an answer only once a quorum of the replicas not
+    // held down said so (Riak's notfound_ok = false with basic_quorum):
+    // below a quorum, the first replies may all come from replicas that a
+    // w=quorum write has not reached yet, and a read at r=1 right after its
+    // ack would answer 404. Any copy found ends the wait.
+    let not_found_needs = Level::Quorum
+        .required(g.view.quorum_n())
+        .min(pref.iter().filter(|id| *id == node.id() || g.view.is_alive(id)).count());
+    loop {
+        let outcome = g.tally.outcome();
+        let settled = outcome == Outcome::Failed
+            || (outcome == Outcome::Reached
+                && (!g.merged.is_empty() || g.tally.acked() >= not_found_needs || g.tally.complete()));
+        if settled {
+            break;
+        }
         match tokio::time::timeout_at(deadline, g.replies.next()).await {
             Ok(Some(reply)) => g.take(reply),
             Ok(None) | Err(_) => break,

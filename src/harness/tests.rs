@@ -277,6 +277,31 @@ async fn a_read_fails_fast_when_r_replicas_cannot_answer() {
     assert_eq!(read.visible[0].payload.value, b"v"[..]);
 }
 
+/// At r=1 the first reply may come from the one replica a w=quorum write
+/// missed: a read that finds nothing waits for a quorum of replicas before
+/// it answers not found, and any copy found answers at once.
+#[tokio::test]
+async fn a_read_at_r1_finds_a_quorum_write_through_the_replica_it_missed() {
+    let c = Mem::new(3, &[]);
+    let (key, walk) = c.key_led_by("a");
+    let stale = walk[2].as_str();
+    c.net.set_link("a", stale, Link::Down);
+    coordinator::write(c.node("a"), write(&key, "v", Level::Quorum)).await.unwrap();
+    assert_eq!(c.held(stale, &key), 0);
+    c.net.heal();
+    let read = coordinator::read(c.node(stale), key.as_bytes(), Level::Count(1)).await.unwrap();
+    assert_eq!(read.visible.len(), 1, "the stale replica's own empty copy is not the answer");
+    assert_eq!(read.visible[0].payload.value, b"v"[..]);
+    // A key nobody holds is still not found, with replicas refusing too.
+    let read = coordinator::read(c.node(stale), b"never-written", Level::Count(1)).await.unwrap();
+    assert!(read.visible.is_empty());
+    c.net.isolate(stale, &[&walk[0], &walk[1]]);
+    let started = Instant::now();
+    let read = coordinator::read(c.node(stale), b"never-written", Level::Count(1)).await.unwrap();
+    assert!(read.visible.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(5), "refused connections decide at once");
+}
+
 #[tokio::test]
 async fn a_slow_replica_does_not_hold_a_quorum_back() {
     let c = Mem::new(3, &[]);
