@@ -94,6 +94,12 @@ impl ClusterView {
         self.table.get(id).map(|m| m.status)
     }
 
+    /// Whether every other member has left, so that what this node holds is
+    /// all the cluster holds (a dead member still holds its copies).
+    pub fn sole_member(&self) -> bool {
+        self.members().all(|m| m.id == self.me() || m.status == Status::Left)
+    }
+
     /// Whether member `id` is alive (this node always is).
     pub fn is_alive(&self, id: &str) -> bool {
         self.status(id) == Some(Status::Alive)

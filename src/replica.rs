@@ -165,10 +165,13 @@ pub async fn local_read(
         Some(s) => vec![s],
         None => {
             let others: Vec<String> = read_set(view, partition).into_iter().filter(|id| id != node.id()).collect();
-            if others.is_empty() {
-                // Nobody else replicates it: this copy is all there is.
+            if others.is_empty() && view.sole_member() {
+                // Every other member left: this copy is all there is.
                 return Ok(local);
             }
+            // No other replica on the ring (the others are dead to this
+            // node, cut off from them): the holders are down, not gone, and
+            // this copy may lack their keys; the error below.
             others.into_iter().filter(|id| view.is_alive(id)).collect()
         }
     };

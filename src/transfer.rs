@@ -398,7 +398,7 @@ async fn sync(node: &Node, view: &ClusterView, partition: u32, waits: &Waits) ->
         }
     }
     let asked: Vec<String> = owners.iter().chain(&others).cloned().collect();
-    if all_answered && nobody_else(&node.view()) {
+    if all_answered && node.view().sole_member() {
         node.update_ownership(|o| o.received(partition));
         tracing::info!(partition, "no other member holds this partition: this copy is all there is");
         return true;
@@ -428,16 +428,11 @@ fn synced(node: &Node, waits: &Waits, partition: u32) {
     node.metrics().transfers_finished.with_label_values(&["in"]).inc();
 }
 
-/// Whether no member but this one has not left (asked of the current view,
-/// not the one a round started with: a round that began while this node
-/// knew nobody must not conclude that once it knows the others).
-fn nobody_else(view: &ClusterView) -> bool {
-    view.members().all(|m| m.id == view.me() || m.status == crate::membership::Status::Left)
-}
-
 /// Whether every not-left member answered and none holds `partition`.
-/// "Every member" is the current view's, not the one the round started with
-/// (see [`nobody_else`]).
+/// "Every member" is the current view's, not the one the round started with:
+/// a round that began while this node knew nobody must not conclude that
+/// once it knows the others (the same for `sole_member`, asked of
+/// `node.view()`).
 async fn nobody_holds_among(node: &Node, view: &ClusterView, asked: &[String], partition: u32) -> bool {
     let current = node.view();
     let everyone: Vec<&str> = current
@@ -562,7 +557,7 @@ async fn stream(node: &Node, view: &ClusterView, partition: u32, inbound: Inboun
         }
         return true;
     }
-    if order.is_empty() && nobody_else(&node.view()) {
+    if order.is_empty() && node.view().sole_member() {
         node.update_ownership(|o| o.received(partition));
         return true;
     }

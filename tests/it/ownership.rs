@@ -440,6 +440,55 @@ async fn a_member_restarted_at_another_address_is_taken_back_once_its_old_one_fa
     assert_eq!(c.node(2).get("after-move").await.2, "here");
 }
 
+/// Cut off from every other member until it holds them all dead, a node
+/// owns every partition on its ring of one, including those it never held:
+/// their holders are down, not gone, so it answers 503 for their keys at
+/// any R, never 404; those it holds it still answers from its copy.
+#[tokio::test]
+async fn a_node_cut_off_from_everyone_does_not_answer_404_for_partitions_it_never_held() {
+    let c = Cluster::start(4, &[]).await;
+    let (mut held, mut not_held) = (Vec::new(), Vec::new());
+    for i in 0.. {
+        if held.len() >= 5 && not_held.len() >= 5 {
+            break;
+        }
+        let key = format!("cut{i}");
+        assert_eq!(put(c.node(0), &key, "v", "?w=all").await, 204);
+        if c.preference_list(&key).await.iter().any(|id| id == "n4") {
+            held.push(key);
+        } else {
+            not_held.push(key);
+        }
+    }
+    for s in &c.nodes[..3] {
+        s.pause();
+    }
+    eventually("n4 holds every other member dead", || async {
+        let m = member_statuses(c.node(3)).await;
+        m.iter().all(|(id, st)| id == "n4" || st == "dead")
+    })
+    .await;
+    for key in &not_held {
+        let r = c.node(3).http.get(c.node(3).at(&format!("/kv/{key}?r=1"))).send().await.unwrap();
+        assert_eq!(r.status(), 503, "{key}, never held by n4");
+    }
+    for key in &held {
+        assert_eq!(c.node(3).get(key).await.0, 503, "{key} at the default r=quorum");
+        let r = c.node(3).http.get(c.node(3).at(&format!("/kv/{key}?r=1"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{key}, held by n4");
+    }
+    for s in &c.nodes[..3] {
+        s.resume();
+    }
+    for key in not_held.iter().chain(&held) {
+        eventually("the key readable at r=1 through n4 once the others are back", || async {
+            let r = c.node(3).http.get(c.node(3).at(&format!("/kv/{key}?r=1"))).send().await.unwrap();
+            r.status() == 200
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn writes_under_load_survive_a_join_a_leave_and_a_join() {
     let mut c = Cluster::start(3, &[]).await;
