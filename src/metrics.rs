@@ -237,6 +237,22 @@ impl Metrics {
         let labels = ["/metrics", "GET", "200"];
         metrics.http_requests.with_label_values(&labels);
         metrics.http_duration.with_label_values(&labels);
+        // Every labelled counter with a fixed label set starts at 0, so a
+        // dashboard or alert finds each series before its first event.
+        for op in ["read", "write"] {
+            metrics.quorum_failures.with_label_values(&[op]);
+        }
+        for family in [
+            &metrics.transfers_started,
+            &metrics.transfers_finished,
+            &metrics.transfers_failed,
+            &metrics.transfer_keys,
+            &metrics.transfer_bytes,
+        ] {
+            for direction in ["in", "out"] {
+                family.with_label_values(&[direction]);
+            }
+        }
         metrics
     }
 

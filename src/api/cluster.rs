@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
@@ -85,9 +85,10 @@ pub async fn ring(State(node): State<Arc<Node>>) -> Json<Value> {
 /// `GET /cluster/replicas/{key}`: what each replica stores for one key now.
 pub async fn replicas(
     State(node): State<Arc<Node>>,
+    uri: Uri,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let key = extract::key(&node, path)?;
+    let key = extract::key(&node, path, uri.path())?;
     let view = node.view();
     let partition = view.ring().partition_of(key.as_bytes());
     let list = replica::read_set(&view, partition);

@@ -150,12 +150,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let mut body = json!({ "error": self.to_string(), "code": code });
-        let mut context = None;
         match &self {
-            ApiError::Coord(CoordError::QuorumNotMet { needed, acked, context: ctx }) => {
+            // The X-Context of a write's version is added by the handler,
+            // which knows the key (`api::kv`).
+            ApiError::Coord(CoordError::QuorumNotMet { needed, acked, .. }) => {
                 body["needed"] = json!(needed);
                 body["acked"] = json!(acked);
-                context = ctx.clone();
             }
             ApiError::Coord(CoordError::TooManySiblings { limit, would }) => {
                 body["limit"] = json!(limit);
@@ -175,11 +175,6 @@ impl IntoResponse for ApiError {
         let mut resp = (status, Json(body)).into_response();
         if matches!(self, ApiError::AdminUnauthorized) {
             resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(ctx) = context {
-            if let Ok(v) = HeaderValue::from_str(&token::encode(&ctx)) {
-                resp.headers_mut().insert(super::X_CONTEXT, v);
-            }
         }
         resp
     }

@@ -24,10 +24,11 @@ use crate::version::{token, Context};
 /// `openapi.yaml` states it.
 pub const MAX_TTL_SECS: u64 = 9_999_999_999;
 
-/// A validated `/kv/{key}` request. What is checked depends on the method,
-/// in this order: the key, the query, `r` (GET) or `w` (PUT, DELETE), then for
-/// writes `ttl` and `X-Context`, then for PUT `Content-Type`. A GET's
-/// `X-Context` and `ttl` are ignored, as they mean nothing to a read.
+/// A validated `/kv/{key}` request, checked in this order: the key, the
+/// query, `r` (GET) or `w` (PUT, DELETE), the other of the two and `ttl`
+/// (a bad value is refused whatever the method, a good one ignored where it
+/// means nothing), for writes `X-Context` (one, issued for this key), then
+/// for PUT `Content-Type`. A GET's `X-Context` is ignored.
 #[derive(Debug, Clone)]
 pub struct KvRequest {
     /// The percent-decoded key.
@@ -58,7 +59,7 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
 
     async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Self, ApiError> {
         let path = Path::<String>::from_request_parts(parts, node).await;
-        let key = key(node, path)?;
+        let key = key(node, path, parts.uri.path())?;
         // Most requests carry no query string: skip the parser then.
         let q = if parts.uri.query().is_none() {
             HashMap::new()
@@ -66,8 +67,13 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
             query(Query::<HashMap<String, String>>::from_request_parts(parts, node).await)?
         };
         let writes = !matches!(parts.method, Method::GET | Method::HEAD);
-        let level = level(node, &q, writes)?;
-        let (ttl, context) = if writes { (ttl(&q)?, context(&parts.headers)?) } else { (None, None) };
+        let chosen = level(node, &q, writes)?;
+        // Every known parameter is checked whatever the method; the ones
+        // that mean nothing to it (a read's `w` and `ttl`, a write's `r`)
+        // are then ignored, as is a read's `X-Context`.
+        level(node, &q, !writes)?;
+        let ttl = ttl(&q)?.filter(|_| writes);
+        let context = if writes { context(&parts.headers, key.as_bytes())? } else { None };
         let content_type = if parts.method == Method::PUT { content_type(&parts.headers)? } else { String::new() };
         if parts.method == Method::PUT {
             declared_size(node, &parts.headers)?;
@@ -79,7 +85,7 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
             .collect();
         Ok(Self {
             key,
-            level,
+            level: chosen,
             ttl,
             context,
             content_type,
@@ -104,9 +110,17 @@ fn forwarded_by_a_peer(node: &Node, headers: &HeaderMap) -> bool {
         })
 }
 
-/// The percent-decoded key, checked against `--max-key-bytes`.
-pub fn key(node: &Node, path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+/// The percent-decoded key, checked against `--max-key-bytes`. `raw_path`
+/// is the path as sent: a `%` not followed by two hex digits is refused
+/// rather than taken as itself (so `a%2` and `a%252` are not one key).
+pub fn key(node: &Node, path: Result<Path<String>, PathRejection>, raw_path: &str) -> Result<String, ApiError> {
     let Path(key) = path.map_err(|e| ApiError::InvalidKey(format!("key is not valid percent-encoded UTF-8: {e}")))?;
+    let mut escapes = raw_path.split('%').skip(1);
+    if !escapes.all(|rest| rest.len() >= 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit)) {
+        return Err(ApiError::InvalidKey(
+            "a % in the key must start an escape of two hex digits (send % as %25)".into(),
+        ));
+    }
     if key.is_empty() {
         return Err(ApiError::InvalidKey("key must not be empty".into()));
     }
@@ -146,16 +160,21 @@ pub fn ttl(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
     }
 }
 
-/// The `X-Context` header; absent or blank means a blind write.
-pub fn context(headers: &HeaderMap) -> Result<Option<Context>, ApiError> {
-    let Some(raw) = headers.get(&X_CONTEXT) else {
+/// The `X-Context` header of a request on `key`; absent or blank means a
+/// blind write.
+pub fn context(headers: &HeaderMap, key: &[u8]) -> Result<Option<Context>, ApiError> {
+    let mut all = headers.get_all(&X_CONTEXT).iter();
+    let Some(raw) = all.next() else {
         return Ok(None);
     };
+    if all.next().is_some() {
+        return Err(ApiError::InvalidContext(token::ContextError::Repeated));
+    }
     let s = raw.to_str().map_err(|_| ApiError::InvalidContext(token::ContextError::Malformed))?;
     if s.trim().is_empty() {
         return Ok(None);
     }
-    let ctx = token::decode(s)?;
+    let ctx = token::decode(s, key)?;
     // A node's counters start at most at the wall clock in milliseconds
     // times 2^20 (a new data dir) and grow by one per write; a context
     // naming a counter a year beyond that was made up. Taken in, it would
@@ -209,7 +228,7 @@ pub fn body(node: &Node, body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
         Ok(b) if b.len() as u64 > limit => Err(ApiError::ValueTooLarge { limit }),
         Ok(b) => Ok(b),
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::ValueTooLarge { limit }),
-        Err(e) => Err(ApiError::InvalidQuery(format!("request body could not be read: {}", e.body_text()))),
+        Err(e) => Err(ApiError::InvalidBody(format!("request body could not be read: {}", e.body_text()))),
     }
 }
 
@@ -256,7 +275,7 @@ mod tests {
 
     fn with(ctx: &Context) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(X_CONTEXT, token::encode(ctx).parse().unwrap());
+        h.insert(X_CONTEXT, token::encode(ctx, b"k").parse().unwrap());
         h
     }
 
@@ -266,14 +285,14 @@ mod tests {
         let mut fine = Context::new();
         fine.witness("a", now + 1_000_000);
         fine.add(Dot { node: "b".into(), counter: 7 });
-        assert_eq!(context(&with(&fine)).unwrap(), Some(fine));
+        assert_eq!(context(&with(&fine), b"k").unwrap(), Some(fine));
         for forged in [1u64 << 61, token::MAX_COUNTER] {
             let mut ctx = Context::new();
             ctx.witness("a", forged);
-            assert!(matches!(context(&with(&ctx)), Err(ApiError::InvalidContext(_))), "{forged}");
+            assert!(matches!(context(&with(&ctx), b"k"), Err(ApiError::InvalidContext(_))), "{forged}");
             let mut ctx = Context::new();
             ctx.add(Dot { node: "b".into(), counter: forged });
-            assert!(matches!(context(&with(&ctx)), Err(ApiError::InvalidContext(_))), "{forged} in the cloud");
+            assert!(matches!(context(&with(&ctx), b"k"), Err(ApiError::InvalidContext(_))), "{forged} in the cloud");
         }
     }
 }

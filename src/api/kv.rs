@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::extract::{self, KvRequest};
 use super::X_CONTEXT;
 use crate::clock::now_ms;
-use crate::coordinator::{self, Write};
+use crate::coordinator::{self, CoordError, Write};
 use crate::node::Node;
 use crate::storage::Content;
 use crate::transport::{ForwardRequest, Target};
@@ -58,9 +58,18 @@ async fn client_write(node: &Arc<Node>, req: KvRequest, body: Bytes, content: Co
     if let Some(resp) = forward(node, &req, body).await? {
         return Ok(resp);
     }
-    let write = Write { key: req.key.into_bytes(), context: req.context, content, level: req.level };
-    let clock = coordinator::write(node, write).await?;
-    Ok(with_context(StatusCode::NO_CONTENT.into_response(), &clock))
+    let key = req.key;
+    let write = Write { key: key.clone().into_bytes(), context: req.context, content, level: req.level };
+    match coordinator::write(node, write).await {
+        Ok(clock) => Ok(with_context(StatusCode::NO_CONTENT.into_response(), &clock, &key)),
+        // Still the context of the version written: a retry carrying it
+        // supersedes it rather than standing beside it (SPEC §3).
+        Err(CoordError::QuorumNotMet { needed, acked, context: Some(clock) }) => {
+            let e = ApiError::from(CoordError::QuorumNotMet { needed, acked, context: None });
+            Ok(with_context(e.into_response(), &clock, &key))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `GET /kv/{key}`: one value (200), siblings (300), or 404.
@@ -88,7 +97,7 @@ pub async fn get(State(node): State<Arc<Node>>, req: KvRequest) -> Result<Respon
     if live == 0 {
         let resp = ApiError::NotFound.into_response();
         // A known tombstone: hand out its context so a later write supersedes it.
-        return Ok(if read.visible.is_empty() { resp } else { with_context(resp, &read.context) });
+        return Ok(if read.visible.is_empty() { resp } else { with_context(resp, &read.context, &req.key) });
     }
     if read.visible.len() == 1 && !req.wants_json {
         let v = read.visible.pop().expect("one version").payload;
@@ -97,15 +106,15 @@ pub async fn get(State(node): State<Arc<Node>>, req: KvRequest) -> Result<Respon
         if let Ok(ct) = ct {
             resp.headers_mut().insert(header::CONTENT_TYPE, ct);
         }
-        return Ok(with_context(resp, &read.context));
+        return Ok(with_context(resp, &read.context, &req.key));
     }
     let status = if read.visible.len() == 1 { StatusCode::OK } else { StatusCode::MULTIPLE_CHOICES };
     let body = json!({
         "key": req.key,
-        "context": token::encode(&read.context),
+        "context": token::encode(&read.context, req.key.as_bytes()),
         "siblings": read.visible.iter().map(|v| sibling_json(&v.payload)).collect::<Vec<_>>(),
     });
-    Ok(with_context((status, Json(body)).into_response(), &read.context))
+    Ok(with_context((status, Json(body)).into_response(), &read.context, &req.key))
 }
 
 /// One sibling in the JSON shape of SPEC §3.
@@ -218,8 +227,9 @@ fn refused_unapplied(resp: &crate::transport::ForwardResponse) -> bool {
         && serde_json::from_slice::<serde_json::Value>(&resp.body).is_ok_and(|v| v["code"] == "not_ready")
 }
 
-fn with_context(mut resp: Response, clock: &Context) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&token::encode(clock)) {
+/// `resp` with the `X-Context` of `clock`, the context of `key`.
+fn with_context(mut resp: Response, clock: &Context, key: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&token::encode(clock, key.as_bytes())) {
         resp.headers_mut().insert(X_CONTEXT, v);
     }
     resp

@@ -46,12 +46,20 @@ pub enum CoordError {
     /// The write would leave more siblings than `--max-siblings`.
     #[error("the write would leave {would} versions of this key, more than --max-siblings ({limit}); read the key and write with its X-Context to resolve them")]
     TooManySiblings { limit: usize, would: usize },
-    /// Too few replicas answered.
-    #[error("only {acked} of the {needed} required replicas answered; the write, if any, stays where it landed and spreads from there")]
+    /// Too few replicas answered (`context`: the version a write stored).
+    #[error("only {acked} of the {needed} required replicas answered{}", written_tail(.context))]
     QuorumNotMet { needed: usize, acked: usize, context: Option<Context> },
     /// Local storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// What a quorum failure adds for a write, which stored a version anyway.
+fn written_tail(context: &Option<Context>) -> &'static str {
+    match context {
+        Some(_) => "; the write stays where it landed and spreads from there (retry with its X-Context)",
+        None => "",
+    }
 }
 
 /// A client write (PUT or DELETE).

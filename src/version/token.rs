@@ -2,12 +2,16 @@
 //! the write that follows it.
 //!
 //! Format (before URL-safe base64 without padding):
-//! `FORMAT (1 byte) | vector | cloud | xxh3-64 of everything before (8 bytes LE)`,
-//! where `vector` and `cloud` are each `count (varint) | { id_len (1 byte) | id | counter (varint) }*`.
+//! `FORMAT (1 byte) | key tag (8 bytes LE) | vector | cloud | xxh3-64 of everything before (8 bytes LE)`,
+//! where `vector` and `cloud` are each `count (varint) | { id_len (1 byte) | id | counter (varint) }*`
+//! and the key tag is the xxh3-64 of the key the context was read from.
 //!
 //! The checksum has a fixed seed, not a per-node secret, so a token from any
 //! node is accepted by every node (SPEC §4). It catches truncation, typos and
-//! random tampering; it is not a signature. Entries must be in canonical order
+//! random tampering; it is not a signature. The key tag ties a token to its
+//! key: a node's counters are shared by all the keys it writes, so another
+//! key's context would claim to have seen versions of this key it never saw,
+//! and a write carrying it would silently supersede them. Entries must be in canonical order
 //! with non-zero counters, and cloud dots not already covered by the vector,
 //! so every context has exactly one token and a reordered one is refused
 //! rather than misread.
@@ -17,8 +21,10 @@ use base64::Engine;
 
 use super::{Context, Dot, VersionVector};
 
-const FORMAT: u8 = 1;
+/// 2 since tokens carry their key's tag.
+const FORMAT: u8 = 2;
 const SEED: u64 = 0x6479_6e61_6b76_6378; // "dynakvcx"
+const KEY_SEED: u64 = 0x6479_6e61_6b76_6b79; // "dynakvky"
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Counters above this are refused: no node issues that many dots, and the
 /// headroom keeps every `+ 1` on a counter from overflowing.
@@ -36,13 +42,24 @@ pub enum ContextError {
     /// Checksum fine but the contents are not a canonical clock.
     #[error("X-Context has an unknown format or invalid contents")]
     Invalid,
+    /// A sound token of another key.
+    #[error("X-Context was issued for another key")]
+    OtherKey,
+    /// More than one `X-Context` header.
+    #[error("more than one X-Context header")]
+    Repeated,
 }
 
-/// Encodes a context as a token.
-pub fn encode(ctx: &Context) -> String {
+fn key_tag(key: &[u8]) -> [u8; 8] {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, KEY_SEED).to_le_bytes()
+}
+
+/// Encodes the context of `key` as a token.
+pub fn encode(ctx: &Context, key: &[u8]) -> String {
     let vv = ctx.vector();
-    let mut buf = Vec::with_capacity(3 + (vv.len() + ctx.cloud().len()) * 24 + 8);
+    let mut buf = Vec::with_capacity(11 + (vv.len() + ctx.cloud().len()) * 24 + 8);
     buf.push(FORMAT);
+    buf.extend_from_slice(&key_tag(key));
     put_varint(&mut buf, vv.len() as u64);
     for (node, counter) in vv.entries() {
         put_entry(&mut buf, node, counter);
@@ -56,14 +73,14 @@ pub fn encode(ctx: &Context) -> String {
     URL_SAFE_NO_PAD.encode(buf)
 }
 
-/// Decodes a token; never panics, whatever the input.
-pub fn decode(token: &str) -> Result<Context, ContextError> {
+/// Decodes a token of `key`; never panics, whatever the input.
+pub fn decode(token: &str, key: &[u8]) -> Result<Context, ContextError> {
     let token = token.trim();
     if token.len() > MAX_TOKEN_LEN {
         return Err(ContextError::Malformed);
     }
     let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| ContextError::Malformed)?;
-    if raw.len() < 1 + 1 + 8 {
+    if raw.len() < 1 + 8 + 2 + 8 {
         return Err(ContextError::Malformed);
     }
     let (body, sum) = raw.split_at(raw.len() - 8);
@@ -74,6 +91,9 @@ pub fn decode(token: &str) -> Result<Context, ContextError> {
     let mut r = Reader { buf: body, pos: 0 };
     if r.byte()? != FORMAT {
         return Err(ContextError::Invalid);
+    }
+    if r.take(8)? != key_tag(key) {
+        return Err(ContextError::OtherKey);
     }
     let n = r.varint()?;
     let mut vv = VersionVector::new();
@@ -169,7 +189,7 @@ mod tests {
     #[test]
     fn empty_context_round_trips() {
         let ctx = Context::new();
-        assert_eq!(decode(&encode(&ctx)), Ok(ctx));
+        assert_eq!(decode(&encode(&ctx, b"k"), b"k"), Ok(ctx));
     }
 
     /// Golden vector: the exact token of a fixed context. Clients keep
@@ -181,19 +201,21 @@ mod tests {
             VersionVector::from_entries([("node-a".to_string(), 7), ("node-b".to_string(), 300)]),
             [Dot { node: "node-a".into(), counter: 12 }],
         );
-        assert_eq!(encode(&ctx), GOLDEN);
-        assert_eq!(decode(GOLDEN), Ok(ctx));
-        assert_eq!(encode(&Context::new()), GOLDEN_EMPTY);
+        assert_eq!(encode(&ctx, b"golden"), GOLDEN);
+        assert_eq!(decode(GOLDEN, b"golden"), Ok(ctx));
+        assert_eq!(encode(&Context::new(), b"golden"), GOLDEN_EMPTY);
     }
 
-    const GOLDEN: &str = "AQIGbm9kZS1hBwZub2RlLWKsAgEGbm9kZS1hDLgQV7jzzo4S";
-    const GOLDEN_EMPTY: &str = "AQAAFQpblzAawhw";
+    const GOLDEN: &str = "ArnRIqdUuBgFAgZub2RlLWEHBm5vZGUtYqwCAQZub2RlLWEM9YaR4UUDTcM";
+    const GOLDEN_EMPTY: &str = "ArnRIqdUuBgFAACV2rd7rwQ3pA";
 
     #[test]
     fn garbage_is_refused() {
-        assert_eq!(decode(""), Err(ContextError::Malformed));
-        assert_eq!(decode("!!!"), Err(ContextError::Malformed));
-        assert_eq!(decode("aGVsbG8gd29ybGQgdGhpcyBpcyBub3Q"), Err(ContextError::Checksum));
+        assert_eq!(decode("", b"k"), Err(ContextError::Malformed));
+        assert_eq!(decode("!!!", b"k"), Err(ContextError::Malformed));
+        assert_eq!(decode("aGVsbG8gd29ybGQgdGhpcyBpcyBub3Q", b"k"), Err(ContextError::Checksum));
+        // The format before key tags.
+        assert_eq!(decode("AQIGbm9kZS1hBwZub2RlLWKsAgEGbm9kZS1hDLgQV7jzzo4S", b"k"), Err(ContextError::Invalid));
     }
 
     #[test]
@@ -202,12 +224,12 @@ mod tests {
             VersionVector::from_entries([("node-a".to_string(), 7), ("node-b".to_string(), 300)]),
             [Dot { node: "node-a".into(), counter: 12 }],
         );
-        let token = encode(&vv);
+        let token = encode(&vv, b"k");
         for i in 0..token.len() {
             let mut bytes = token.clone().into_bytes();
             bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
             let tampered = String::from_utf8(bytes).unwrap();
-            assert_ne!(decode(&tampered), Ok(vv.clone()), "flip at {i} misread");
+            assert_ne!(decode(&tampered, b"k"), Ok(vv.clone()), "flip at {i} misread");
         }
     }
 
@@ -216,22 +238,26 @@ mod tests {
         fn round_trip(
             entries in proptest::collection::btree_map("[a-z0-9-]{1,64}", 1u64..1000, 0..10),
             dots in proptest::collection::vec(("[a-z0-9-]{1,64}", 1u64..2000), 0..10),
+            key in ".{1,40}",
         ) {
             let ctx = Context::from_parts(
                 VersionVector::from_entries(entries),
                 dots.into_iter().map(|(node, counter)| Dot { node, counter }),
             );
-            prop_assert_eq!(decode(&encode(&ctx)), Ok(ctx));
+            prop_assert_eq!(decode(&encode(&ctx, key.as_bytes()), key.as_bytes()), Ok(ctx.clone()));
+            // Never taken for the context of another key.
+            let other = format!("{key}x");
+            prop_assert_eq!(decode(&encode(&ctx, key.as_bytes()), other.as_bytes()), Err(ContextError::OtherKey));
         }
 
         #[test]
         fn arbitrary_input_never_panics(s in ".{0,200}") {
-            let _ = decode(&s);
+            let _ = decode(&s, b"k");
         }
 
         #[test]
         fn arbitrary_base64_is_refused(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
-            prop_assert!(decode(&URL_SAFE_NO_PAD.encode(&bytes)).is_err());
+            prop_assert!(decode(&URL_SAFE_NO_PAD.encode(&bytes), b"k").is_err());
         }
     }
 }

@@ -37,6 +37,13 @@ async fn bad_keys() {
     // Multi-byte UTF-8 counts bytes, not characters: 6 x 3 bytes = 18 > 16.
     let wide = "%E2%82%AC".repeat(6);
     assert_error(s.http.put(s.at(&format!("/kv/{wide}"))).body("v").send().await.unwrap(), 413, "key_too_large").await;
+    // A % that starts no escape is refused, not taken as itself.
+    for bad in ["a%2", "z%ZZ", "%", "a%g0"] {
+        assert_error(s.http.put(s.at(&format!("/kv/{bad}"))).body("v").send().await.unwrap(), 400, "invalid_key").await;
+        assert_error(s.http.get(s.at(&format!("/kv/{bad}"))).send().await.unwrap(), 400, "invalid_key").await;
+    }
+    assert_nothing_stored(&s, "z%25ZZ").await;
+    assert_eq!(s.put("100%25", "v", None).await.0, 204, "an escaped % is a key like any other");
     assert_eq!(s.http.get(s.at("/health")).send().await.unwrap().status(), 200);
 }
 
@@ -101,6 +108,62 @@ async fn malformed_or_tampered_contexts_are_400() {
     }
     assert_nothing_stored(&s, "other").await;
     assert_eq!(s.get("k").await.2, "v");
+    // Two headers: which one meant is unknown.
+    let r = s.http.put(s.at("/kv/other")).header("X-Context", &ctx).header("X-Context", &ctx).body("x");
+    assert_error(r.send().await.unwrap(), 400, "invalid_context").await;
+    assert_nothing_stored(&s, "other").await;
+}
+
+/// A node's counters are shared by every key it writes: another key's
+/// context would claim to have seen versions of this one it never saw, and
+/// a write carrying it would silently drop them. It is refused.
+#[tokio::test]
+async fn the_context_of_another_key_is_refused_and_the_siblings_stay() {
+    let s = Server::start(&[]).await;
+    let (_, base) = s.put("k", "a", None).await;
+    assert_eq!(s.put("k", "b", base.as_deref()).await.0, 204);
+    assert_eq!(s.put("k", "c", base.as_deref()).await.0, 204);
+    let (_, foreign) = s.put("x", "later", None).await;
+    let foreign = foreign.unwrap();
+    for r in [
+        s.http.put(s.at("/kv/k")).header("X-Context", &foreign).body("d"),
+        s.http.delete(s.at("/kv/k")).header("X-Context", &foreign),
+    ] {
+        assert_error(r.send().await.unwrap(), 400, "invalid_context").await;
+    }
+    let r = s.http.get(s.at("/kv/k")).header("Accept", "application/json").send().await.unwrap();
+    assert_eq!(r.status(), 300);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(crate::support::sorted_values(&body), ["b", "c"]);
+    // The key's own context resolves them.
+    let own = body["context"].as_str().unwrap();
+    assert_eq!(s.put("k", "d", Some(own)).await.0, 204);
+    assert_eq!(s.get("k").await.2, "d");
+}
+
+#[tokio::test]
+async fn a_body_that_cannot_be_read_is_400_invalid_body() {
+    let s = Server::start(&[]).await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(
+        b"PUT /kv/chunky HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.contains('}') {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(60), c.read(&mut chunk));
+        let n = read.await.expect("an answer").unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        answer.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"invalid_body\""), "{answer}");
+    assert_nothing_stored(&s, "chunky").await;
 }
 
 #[tokio::test]
@@ -134,6 +197,17 @@ async fn unknown_r_w_and_ttl_values_are_400() {
         let r = s.http.delete(s.at(&format!("/kv/q?{q}"))).send().await.unwrap();
         assert_error(r, 400, "invalid_quorum").await;
     }
+    // A known parameter that means nothing to the method is still checked.
+    for (method, q, code) in [
+        (reqwest::Method::PUT, "r=foo", "invalid_quorum"),
+        (reqwest::Method::DELETE, "r=0", "invalid_quorum"),
+        (reqwest::Method::GET, "w=foo", "invalid_quorum"),
+        (reqwest::Method::GET, "ttl=-5", "invalid_ttl"),
+    ] {
+        let r = s.http.request(method, s.at(&format!("/kv/q?{q}"))).body("v").send().await.unwrap();
+        assert_error(r, 400, code).await;
+    }
+    assert_eq!(s.http.get(s.at("/kv/q?w=2&ttl=5")).send().await.unwrap().status(), 404, "good ones are ignored");
     assert_nothing_stored(&s, "q").await;
 }
 
