@@ -268,8 +268,11 @@ async fn replicate(
         sends.push(async move { send_one(&n, &view, partition, &owner, &key, &record, body, &standins).await });
     }
     // A direct attempt and one stand-in, each bounded by the request timeout.
+    // A write that cannot reach W (more replicas counted than the ring
+    // holds: some are dead) still waits for the sends under way, so that
+    // its 503 counts every ack.
     let deadline = Instant::now() + node.timeout() * 2 + Duration::from_millis(50);
-    while tally.outcome() == Outcome::Pending {
+    while tally.outcome() == Outcome::Pending || (tally.outcome() == Outcome::Failed && !tally.complete()) {
         match tokio::time::timeout_at(deadline, sends.next()).await {
             Ok(Some(Ack::Stored | Ack::Hinted)) => {
                 tally.ok();
@@ -487,7 +490,9 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
         .min(pref.iter().filter(|id| *id == node.id() || g.view.is_alive(id)).count());
     loop {
         let outcome = g.tally.outcome();
-        let settled = outcome == Outcome::Failed
+        // A read that cannot reach R still takes the replies under way, so
+        // that its 503 counts them.
+        let settled = (outcome == Outcome::Failed && g.tally.complete())
             || (outcome == Outcome::Reached
                 && (!g.merged.is_empty() || g.tally.acked() >= not_found_needs || g.tally.complete()));
         if settled {

@@ -184,6 +184,31 @@ async fn replica_traffic_survives_a_peer_closing_idle_connections() {
     assert_eq!(r.status(), 200);
 }
 
+/// A dead member still counts towards N (SPEC §2), so `w=all` and `r=all`
+/// cannot be met while one of three is dead; the 503 counts every replica
+/// that did answer, not only those in before the outcome was known.
+#[tokio::test]
+async fn a_503_at_all_counts_every_replica_that_answered_with_one_dead() {
+    let c = Cluster::start(3, &[]).await;
+    c.node(2).pause();
+    eventually("n1 holds n3 dead", || async {
+        member_statuses(c.node(0)).await.get("n3").map(String::as_str) == Some("dead")
+    })
+    .await;
+    let r = put(c.node(0), "k", "v", "?w=all", None).await;
+    assert_eq!(r.status(), 503);
+    assert!(context_of(&r).is_some());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((body["needed"].as_u64(), body["acked"].as_u64()), (Some(3), Some(2)), "{body}");
+    let r = c.node(0).http.get(c.node(0).at("/kv/k?r=all")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((body["needed"].as_u64(), body["acked"].as_u64()), (Some(3), Some(2)), "{body}");
+    assert!(body["error"].as_str().unwrap().starts_with("only 2 of the 3"), "{body}");
+    assert!(!body["error"].as_str().unwrap().contains("write"), "a read's 503 speaks of no write: {body}");
+    c.node(2).resume();
+}
+
 #[tokio::test]
 async fn two_of_three_replicas_paused_fail_quorum_but_not_w1_or_async() {
     let c = Cluster::start(3, &[]).await;
