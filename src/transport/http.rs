@@ -115,6 +115,9 @@ impl Transport for HttpTransport {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<ForwardResponse, TransportError>> {
         Box::pin(async move {
+            if has_dot_segment(&req.path_and_query) {
+                return self.forward_verbatim(to.address, req, timeout).await;
+            }
             let method =
                 reqwest::Method::from_bytes(req.method.as_str().as_bytes()).map_err(|_| TransportError::Closed)?;
             let mut r = self
@@ -139,6 +142,77 @@ impl Transport for HttpTransport {
             let body = resp.bytes().await.map_err(|e| classify(e, timeout))?;
             Ok(ForwardResponse { status, headers, body })
         })
+    }
+}
+
+/// Whether a path has a `.` or `..` segment (also spelled `%2E`): a URL
+/// parser removes those, so a request for the key `.` or `..` would reach
+/// the peer as another path.
+fn has_dot_segment(path_and_query: &str) -> bool {
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    path.split('/').any(|seg| {
+        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+        seg == "." || seg == ".."
+    })
+}
+
+impl HttpTransport {
+    /// A forward on a connection of its own, its request target sent
+    /// exactly as the client sent it (see [`has_dot_segment`]).
+    async fn forward_verbatim(
+        &self,
+        address: &str,
+        req: ForwardRequest,
+        timeout: Duration,
+    ) -> Result<ForwardResponse, TransportError> {
+        let base: hyper::Uri =
+            address.parse().map_err(|_| TransportError::Connect(format!("bad address {address}")))?;
+        let authority = base.authority().ok_or_else(|| TransportError::Connect(format!("bad address {address}")))?;
+        let host = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+        let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&host));
+        let stream = match connect.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(TransportError::Connect(e.to_string())),
+            Err(_) => return Err(TransportError::Connect("connect timed out".into())),
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) =
+            http1::handshake(TokioIo::new(stream)).await.map_err(|e| TransportError::Connect(e.to_string()))?;
+        let mut r = hyper::Request::builder()
+            .method(req.method)
+            .uri(req.path_and_query.as_str())
+            .header(hyper::header::HOST, authority.as_str())
+            .header(FORWARDED_HEADER, "1");
+        if let Some(s) = &self.secret {
+            r = r.header(SECRET_HEADER, s.as_str());
+        }
+        for (k, v) in &req.headers {
+            r = r.header(k.as_str(), v.as_str());
+        }
+        let request = r.body(Full::new(req.body)).map_err(|e| TransportError::Connect(e.to_string()))?;
+        let exchange = async {
+            let resp = sender.send_request(request).await.map_err(|e| TransportError::Io(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let headers = PASSED_BACK
+                .iter()
+                .filter_map(|h| resp.headers().get(*h).map(|v| (h.to_string(), v.as_bytes().to_vec())))
+                .collect();
+            let body = resp.into_body().collect().await.map_err(|e| TransportError::Io(e.to_string()))?;
+            Ok(ForwardResponse { status, headers, body: body.to_bytes() })
+        };
+        // The connection is driven beside the exchange and dropped with it;
+        // once it ended, the exchange has what it will get (the whole
+        // answer, or an error).
+        let driven = async {
+            let (mut exchange, mut conn) = (pin!(exchange), pin!(conn));
+            tokio::select! {
+                biased;
+                r = &mut exchange => return r,
+                _ = &mut conn => {}
+            }
+            exchange.await
+        };
+        tokio::time::timeout(timeout, driven).await.unwrap_or(Err(TransportError::Timeout(timeout)))
     }
 }
 
@@ -330,6 +404,16 @@ mod tests {
     use super::*;
 
     /// What the test peer does with a request.
+    #[test]
+    fn dot_segments_are_found_in_every_spelling_and_only_whole() {
+        for yes in ["/kv/.", "/kv/..", "/kv/%2E", "/kv/%2e%2E?r=1", "/kv/.%2e"] {
+            assert!(has_dot_segment(yes), "{yes}");
+        }
+        for no in ["/kv/a.b", "/kv/...", "/kv/%2E%2E%2E", "/kv/k?x=..", "/kv/%252E"] {
+            assert!(!has_dot_segment(no), "{no}");
+        }
+    }
+
     #[derive(Clone, Copy)]
     enum Peer {
         /// Answers `path|secret|body`, keeping the connection open.

@@ -184,6 +184,47 @@ async fn replica_traffic_survives_a_peer_closing_idle_connections() {
     assert_eq!(r.status(), 200);
 }
 
+/// One raw HTTP/1.1 exchange with `s` (the request target sent as is, which
+/// no URL-parsing client does for `.` segments): (status, body).
+async fn raw(s: &Server, method: &str, target: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head =
+        format!("{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(body.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), c.read_to_end(&mut answer)).await.expect("an answer").unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+/// The keys `.` and `..` are keys like any other through every node,
+/// including one that relays them (a URL parser would turn them into
+/// another path on the way).
+#[tokio::test]
+async fn the_keys_dot_and_dot_dot_are_reached_through_every_node() {
+    let c = Cluster::start(2, &["--replicas", "1", "--read-quorum", "1", "--write-quorum", "1"]).await;
+    for (spelled, other) in [("%2E", "."), ("%2E%2E", ".."), (".", "%2e"), ("..", "%2e.")] {
+        for (through, then) in [(0, 1), (1, 0)] {
+            let value = format!("{spelled} through n{}", through + 1);
+            assert_eq!(raw(c.node(through), "PUT", &format!("/kv/{spelled}"), &value).await.0, 204, "{value}");
+            for (n, target) in [(then, other), (through, spelled)] {
+                assert_eq!(
+                    raw(c.node(n), "GET", &format!("/kv/{target}"), "").await,
+                    (200, value.clone()),
+                    "n{}",
+                    n + 1
+                );
+            }
+        }
+        assert_eq!(raw(c.node(1), "DELETE", &format!("/kv/{spelled}"), "").await.0, 204);
+        assert_eq!(raw(c.node(0), "GET", &format!("/kv/{other}"), "").await.0, 404);
+    }
+}
+
 /// A dead member still counts towards N (SPEC §2), so `w=all` and `r=all`
 /// cannot be met while one of three is dead; the 503 counts every replica
 /// that did answer, not only those in before the outcome was known.
