@@ -90,6 +90,8 @@ pub struct Node {
     /// again: such a node does not act as a member (see
     /// [`Node::knows_cluster`]).
     refused: Mutex<Option<String>>,
+    /// Whether `refused` holds a reason (read per request, without the lock).
+    is_refused: AtomicBool,
     /// Started on a new data dir with no seeds and no members known, so it
     /// took every partition as its own; cleared once gossip shows whether
     /// that was a new cluster or a wiped member (see `apply_gossip`).
@@ -172,6 +174,7 @@ impl Node {
             logged: Mutex::default(),
             heard_cluster: AtomicBool::new(false),
             refused: Mutex::default(),
+            is_refused: AtomicBool::new(false),
             started_alone: AtomicBool::new(started_alone),
             settles: started_alone && cfg.node_id.is_some(),
             opened: Instant::now(),
@@ -427,7 +430,11 @@ impl Node {
         }
         self.apply_gossip(&msg.members);
         if msg.from != self.id {
-            *self.refused.lock().expect("refusal lock") = None;
+            if self.is_refused.load(Ordering::SeqCst) {
+                let mut refused = self.refused.lock().expect("refusal lock");
+                *refused = None;
+                self.is_refused.store(false, Ordering::SeqCst);
+            }
             if !self.heard_cluster.swap(true, Ordering::SeqCst) {
                 self.heard.notify_waiters();
             }
@@ -439,7 +446,10 @@ impl Node {
     /// as a member until one accepts it again, says why in its readiness,
     /// and logs it once per refusing member.
     pub fn refused_by(&self, address: &str, why: &str) {
-        *self.refused.lock().expect("refusal lock") = Some(format!("{address} refuses this node: {why}"));
+        let mut refused = self.refused.lock().expect("refusal lock");
+        *refused = Some(format!("{address} refuses this node: {why}"));
+        self.is_refused.store(true, Ordering::SeqCst);
+        drop(refused);
         self.log_once(
             format!("refused by {address}"),
             || tracing::error!(peer = %address, reason = %why, "a member refuses this node; it stays off the ring"),
@@ -562,7 +572,7 @@ impl Node {
 
     /// [`Node::knows_cluster`], asked of `view` rather than a fresh one.
     fn knows_cluster_in(&self, view: &ClusterView) -> bool {
-        (self.heard_cluster() && self.refused.lock().expect("refusal lock").is_none())
+        (self.heard_cluster() && !self.is_refused.load(Ordering::Relaxed))
             || (self.seeds.lock().expect("seeds lock").is_empty()
                 && view.members().all(|m| m.id == self.id || m.status == Status::Left))
     }

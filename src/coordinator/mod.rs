@@ -485,16 +485,17 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
     // below a quorum, the first replies may all come from replicas that a
     // w=quorum write has not reached yet, and a read at r=1 right after its
     // ack would answer 404. Any copy found ends the wait.
-    let not_found_needs = Level::Quorum
-        .required(g.view.quorum_n())
-        .min(pref.iter().filter(|id| *id == node.id() || g.view.is_alive(id)).count());
+    let not_found_needs = |g: &Gather| {
+        let live = pref.iter().filter(|id| *id == node.id() || g.view.is_alive(id)).count();
+        Level::Quorum.required(g.view.quorum_n()).min(live)
+    };
     loop {
         let outcome = g.tally.outcome();
         // A read that cannot reach R still takes the replies under way, so
         // that its 503 counts them.
         let settled = (outcome == Outcome::Failed && g.tally.complete())
             || (outcome == Outcome::Reached
-                && (!g.merged.is_empty() || g.tally.acked() >= not_found_needs || g.tally.complete()));
+                && (!g.merged.is_empty() || g.tally.complete() || g.tally.acked() >= not_found_needs(&g)));
         if settled {
             break;
         }
