@@ -92,6 +92,9 @@ pub struct Node {
     refused: Mutex<Option<String>>,
     /// Whether `refused` holds a reason (read per request, without the lock).
     is_refused: AtomicBool,
+    /// Nodes (by address) a relayed client request lately got no answer
+    /// from, and when (see [`Node::relay_lately_unanswered`]).
+    unanswered: Mutex<HashMap<String, Instant>>,
     /// Started on a new data dir with no seeds and no members known, so it
     /// took every partition as its own; cleared once gossip shows whether
     /// that was a new cluster or a wiped member (see `apply_gossip`).
@@ -175,6 +178,7 @@ impl Node {
             heard_cluster: AtomicBool::new(false),
             refused: Mutex::default(),
             is_refused: AtomicBool::new(false),
+            unanswered: Mutex::default(),
             started_alone: AtomicBool::new(started_alone),
             settles: started_alone && cfg.node_id.is_some(),
             opened: Instant::now(),
@@ -454,6 +458,27 @@ impl Node {
             format!("refused by {address}"),
             || tracing::error!(peer = %address, reason = %why, "a member refuses this node; it stays off the ring"),
         );
+    }
+
+    /// A request relayed to the node at `address` got no answer (no
+    /// connection, a timeout, a broken connection), or (`answered`) it did.
+    pub fn relay_outcome(&self, address: &str, answered: bool) {
+        let mut unanswered = self.unanswered.lock().expect("relay lock");
+        if answered {
+            unanswered.remove(address);
+        } else {
+            unanswered.insert(address.to_string(), Instant::now());
+        }
+    }
+
+    /// Whether a request relayed to the node at `address` got no answer
+    /// within the last
+    /// `--suspect-after-ms`: relays then try it last, since gossip may
+    /// still hold it alive while only the link from this node is cut, and
+    /// trying it first would cost every request a timeout.
+    pub fn relay_lately_unanswered(&self, address: &str) -> bool {
+        let unanswered = self.unanswered.lock().expect("relay lock");
+        unanswered.get(address).is_some_and(|at| at.elapsed() < Duration::from_millis(self.cfg.suspect_after_ms))
     }
 
     /// Logs a refused claim on an id (once per id and claimant).

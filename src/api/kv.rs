@@ -19,7 +19,7 @@ use crate::clock::now_ms;
 use crate::coordinator::{self, CoordError, Write};
 use crate::node::Node;
 use crate::storage::Content;
-use crate::transport::{ForwardRequest, Target};
+use crate::transport::{ForwardRequest, Target, TransportError};
 use crate::version::{token, Context};
 
 /// `PUT /kv/{key}`: store a value.
@@ -166,6 +166,9 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
     if !knows && targets.is_empty() {
         targets = node.seeds().into_iter().map(|u| ("seed".to_string(), u)).collect();
     }
+    // Alive ones first, and of those the ones that answered lately (a
+    // stable sort keeps the ring's order otherwise).
+    targets.sort_by_key(|(_, address)| node.relay_lately_unanswered(address));
     let path = req.path_and_query.as_ref().map(|p| p.as_str()).unwrap_or("/").to_string();
     let pass: Vec<(String, String)> = req
         .forward_headers
@@ -182,7 +185,11 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
             headers: pass.clone(),
             body: body.clone(),
         };
-        match node.transport().forward(Target { id: &id, address: &address }, fwd, timeout).await {
+        let outcome = node.transport().forward(Target { id: &id, address: &address }, fwd, timeout).await;
+        let unanswered =
+            matches!(outcome, Err(TransportError::Connect(_) | TransportError::Timeout(_) | TransportError::Io(_)));
+        node.relay_outcome(&address, !unanswered);
+        match outcome {
             Ok(resp) if refused_unapplied(&resp) => {
                 tracing::debug!(peer = %id, "forwarded request refused as not ready (leaving or starting); trying the next replica")
             }

@@ -225,6 +225,69 @@ async fn the_keys_dot_and_dot_dot_are_reached_through_every_node() {
     }
 }
 
+/// A link cut between a relaying node and one replica only (a partial
+/// partition: gossip still holds that replica alive) costs the first
+/// relayed request a timeout, not every one: relays then try the replica
+/// last. Here the replica is a member that never answers anything, kept
+/// alive by heartbeats sent in its name.
+#[tokio::test]
+async fn a_replica_that_does_not_answer_relays_is_tried_last() {
+    let c = Cluster::start(3, &[]).await;
+    // A black hole: it accepts connections and never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_url = format!("http://{}", hole.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((sock, _)) = hole.accept().await {
+            kept.push(sock);
+        }
+    });
+    let n1 = c.node(0).http.clone();
+    let url = c.node(0).url.clone();
+    let beats = tokio::spawn(async move {
+        for hb in 1u64.. {
+            let msg = serde_json::json!({"from": "n9", "partitions": 64,
+                "members": [{"id": "n9", "address": hole_url, "heartbeat": hb}]});
+            let _ = n1.post(format!("{url}/internal/gossip")).json(&msg).send().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let ring = || async {
+        let r: Value = c.node(0).http.get(c.node(0).at("/cluster/ring")).send().await.unwrap().json().await.unwrap();
+        r
+    };
+    eventually("n1's ring holds n9", || async { ring().await.to_string().contains("\"n9\"") }).await;
+    // A key whose preference list starts at n9 and leaves n1 out: n1 relays it.
+    let ring = ring().await;
+    let key = (0..)
+        .map(|i| format!("hole{i}"))
+        .find(|k| {
+            let p = dynakv::ring::partition_of(k.as_bytes(), 64) as usize;
+            let list: Vec<&str> = ring["partitions"][p]["preference_list"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            list[0] == "n9" && !list.contains(&"n1")
+        })
+        .unwrap();
+    // The first relay waits for n9 and, a write that may have been applied
+    // there, is not tried elsewhere.
+    let first = put(c.node(0), &key, "first", "", None).await;
+    assert_eq!(first.status(), 503);
+    // The next ones go to a replica that answers first.
+    for i in 0..3 {
+        let r = put(c.node(0), &key, &format!("v{i}"), "", None).await;
+        assert_eq!(r.status(), 204, "write {i}");
+        let r = c.node(0).http.get(c.node(0).at(&format!("/kv/{key}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), format!("v{i}"));
+    }
+    beats.abort();
+    held.abort();
+}
+
 /// A dead member still counts towards N (SPEC §2), so `w=all` and `r=all`
 /// cannot be met while one of three is dead; the 503 counts every replica
 /// that did answer, not only those in before the outcome was known.
