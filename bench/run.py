@@ -130,8 +130,7 @@ def write_report(results, half, sat, big):
         return [r for r in results if r["target"] == target and r["workload"] == workload and r["level"] == level]
 
     def cell(rows, key, fmt):
-        m, lo, hi = med(rows, key)
-        return f"{fmt.format(m)} ({fmt.format(lo)}–{fmt.format(hi)})"
+        return common.cell([r[key] for r in rows], fmt)
 
     lines = []
     lines.append("## The matrix (`bench/run.sh`)\n")

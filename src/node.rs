@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{ClusterView, Membership};
 use crate::config::Config;
-use crate::membership::{Digest, Status, Table, Timeouts};
+use crate::membership::{Digest, Table, Timeouts};
 use crate::metrics::Metrics;
 use crate::ownership::{Mode, Ownership, Standing};
 use crate::ring::RingParams;
@@ -62,6 +62,15 @@ pub enum GossipRefusal {
     Invalid(String),
 }
 
+/// Members' refusals of this node (see `Node::refused_by`).
+#[derive(Default)]
+struct Refusal {
+    /// Why the last refusal that counted was made.
+    reason: Option<String>,
+    /// When a member last accepted this node's gossip.
+    accepted_at: Option<Instant>,
+}
+
 /// A node's shared state.
 pub struct Node {
     cfg: Config,
@@ -85,12 +94,12 @@ pub struct Node {
     logged: Mutex<HashSet<String>>,
     /// Whether gossip from another member was heard since start.
     heard_cluster: AtomicBool,
-    /// Why a member last refused this node's gossip (its id is alive at
-    /// another address, or another `--partitions`), until one accepts it
-    /// again: such a node does not act as a member (see
-    /// [`Node::knows_cluster`]).
-    refused: Mutex<Option<String>>,
-    /// Whether `refused` holds a reason (read per request, without the lock).
+    /// Why members refuse this node's gossip (its id is alive at another
+    /// address, or another `--partitions`), and when one last accepted it:
+    /// refused and accepted by none lately, it does not act as a member
+    /// (see [`Node::knows_cluster`]).
+    refusal: Mutex<Refusal>,
+    /// Whether `refusal` holds a reason (read per request, without the lock).
     is_refused: AtomicBool,
     /// Nodes (by address) a relayed client request lately got no answer
     /// from, and when (see [`Node::relay_lately_unanswered`]).
@@ -176,7 +185,7 @@ impl Node {
             workers: worker::Registry::default(),
             logged: Mutex::default(),
             heard_cluster: AtomicBool::new(false),
-            refused: Mutex::default(),
+            refusal: Mutex::default(),
             is_refused: AtomicBool::new(false),
             unanswered: Mutex::default(),
             started_alone: AtomicBool::new(started_alone),
@@ -434,11 +443,11 @@ impl Node {
         }
         self.apply_gossip(&msg.members);
         if msg.from != self.id {
-            if self.is_refused.load(Ordering::SeqCst) {
-                let mut refused = self.refused.lock().expect("refusal lock");
-                *refused = None;
-                self.is_refused.store(false, Ordering::SeqCst);
-            }
+            let mut refusal = self.refusal.lock().expect("refusal lock");
+            refusal.accepted_at = Some(Instant::now());
+            refusal.reason = None;
+            self.is_refused.store(false, Ordering::SeqCst);
+            drop(refusal);
             if !self.heard_cluster.swap(true, Ordering::SeqCst) {
                 self.heard.notify_waiters();
             }
@@ -446,18 +455,28 @@ impl Node {
         Ok(())
     }
 
-    /// The member at `address` refused this node's gossip: it does not act
-    /// as a member until one accepts it again, says why in its readiness,
-    /// and logs it once per refusing member.
+    /// The node at `address` refused this node's gossip. Unless a member
+    /// accepted it within the last `--dead-after-ms` (one seed of another
+    /// cluster, say, among members that accept it), it does not act as a
+    /// member until one accepts it again, and says why in its readiness.
+    /// Logged once per refusing node.
     pub fn refused_by(&self, address: &str, why: &str) {
-        let mut refused = self.refused.lock().expect("refusal lock");
-        *refused = Some(format!("{address} refuses this node: {why}"));
-        self.is_refused.store(true, Ordering::SeqCst);
-        drop(refused);
+        let mut refusal = self.refusal.lock().expect("refusal lock");
+        let accepted_lately = refusal.accepted_at.is_some_and(|at| at.elapsed() < self.timeouts().dead_after);
+        if !accepted_lately {
+            refusal.reason = Some(format!("{address} refuses this node: {why}"));
+            self.is_refused.store(true, Ordering::SeqCst);
+        }
+        drop(refusal);
         self.log_once(
             format!("refused by {address}"),
             || tracing::error!(peer = %address, reason = %why, "a member refuses this node; it stays off the ring"),
         );
+    }
+
+    /// Whether members refuse this node as one (see `refusal`).
+    pub fn is_refused(&self) -> bool {
+        self.is_refused.load(Ordering::Relaxed)
     }
 
     /// A request relayed to the node at `address` got no answer (no
@@ -472,13 +491,14 @@ impl Node {
     }
 
     /// Whether a request relayed to the node at `address` got no answer
-    /// within the last
-    /// `--suspect-after-ms`: relays then try it last, since gossip may
-    /// still hold it alive while only the link from this node is cut, and
-    /// trying it first would cost every request a timeout.
+    /// within the last `--dead-after-ms`: relays then try it after the
+    /// others, since gossip may still hold it alive while only the link
+    /// from this node is cut, and trying it first would cost every request
+    /// a timeout. (Once the mark is older, one request tries it again.)
     pub fn relay_lately_unanswered(&self, address: &str) -> bool {
+        let window = self.timeouts().dead_after;
         let unanswered = self.unanswered.lock().expect("relay lock");
-        unanswered.get(address).is_some_and(|at| at.elapsed() < Duration::from_millis(self.cfg.suspect_after_ms))
+        unanswered.get(address).is_some_and(|at| at.elapsed() < window)
     }
 
     /// Logs a refused claim on an id (once per id and claimant).
@@ -597,9 +617,8 @@ impl Node {
 
     /// [`Node::knows_cluster`], asked of `view` rather than a fresh one.
     fn knows_cluster_in(&self, view: &ClusterView) -> bool {
-        (self.heard_cluster() && !self.is_refused.load(Ordering::Relaxed))
-            || (self.seeds.lock().expect("seeds lock").is_empty()
-                && view.members().all(|m| m.id == self.id || m.status == Status::Left))
+        (self.heard_cluster() && !self.is_refused())
+            || (self.seeds.lock().expect("seeds lock").is_empty() && view.sole_member())
     }
 
     /// Reads the ownership state.
@@ -666,7 +685,7 @@ impl Node {
             return Some("leaving the cluster".into());
         }
         if !self.knows_cluster() {
-            if let Some(why) = self.refused.lock().expect("refusal lock").clone() {
+            if let Some(why) = self.refusal.lock().expect("refusal lock").reason.clone() {
                 return Some(format!("refused by the cluster: {why}"));
             }
             return Some("has not heard from any member of the cluster yet".into());

@@ -65,7 +65,7 @@ async fn client_write(node: &Arc<Node>, req: KvRequest, body: Bytes, content: Co
         // Still the context of the version written: a retry carrying it
         // supersedes it rather than standing beside it (SPEC §3).
         Err(CoordError::QuorumNotMet { needed, acked, context: Some(clock) }) => {
-            let e = ApiError::from(CoordError::QuorumNotMet { needed, acked, context: None });
+            let e = ApiError::from(CoordError::QuorumNotMet { needed, acked, context: Some(clock.clone()) });
             Ok(with_context(e.into_response(), &clock, &key))
         }
         Err(e) => Err(e.into()),
@@ -145,7 +145,7 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
     if req.forwarded {
         // Relayed once already: coordinate here, unless this node knows
         // nobody (it must not act as a cluster of one).
-        if !node.knows_cluster() && alone() {
+        if node.is_refused() || (!node.knows_cluster() && alone()) {
             return Err(ApiError::NotReady("this node has not heard from the cluster yet".into()));
         }
         return Ok(None);
@@ -166,9 +166,10 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
     if !knows && targets.is_empty() {
         targets = node.seeds().into_iter().map(|u| ("seed".to_string(), u)).collect();
     }
-    // Alive ones first, and of those the ones that answered lately (a
-    // stable sort keeps the ring's order otherwise).
-    targets.sort_by_key(|(_, address)| node.relay_lately_unanswered(address));
+    // Alive ones first, and of each kind the ones that did not fail to
+    // answer a relay lately (a stable sort keeps the ring's order
+    // otherwise).
+    targets.sort_by_cached_key(|(id, address)| (!view.is_alive(id), node.relay_lately_unanswered(address)));
     let path = req.path_and_query.as_ref().map(|p| p.as_str()).unwrap_or("/").to_string();
     let pass: Vec<(String, String)> = req
         .forward_headers
@@ -217,8 +218,9 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
     }
     // Nobody answered. A node that remembers its cluster coordinates itself
     // (always writable); one that knows nobody yet must not act as if it
-    // were alone (N would be 1).
-    if !knows && alone() {
+    // were alone (N would be 1), and one the cluster refuses never does (it
+    // would issue dots under an id another process uses).
+    if node.is_refused() || (!knows && alone()) {
         return Err(ApiError::NotReady(
             "this node has not heard from the cluster yet; retry or ask another node".into(),
         ));

@@ -221,7 +221,8 @@ enum Step {
 /// Merges into this node's copy of `key` what the other live owners hold
 /// (those that answer; a write goes ahead with what it got). Returns
 /// whether every live one answered, and at least one did if there are
-/// other owners at all.
+/// other owners at all; with none on the ring, whether every other member
+/// left (a dead one is down, not gone, and may hold this node's dots).
 async fn catch_up(
     node: &Node,
     view: &ClusterView,
@@ -232,7 +233,7 @@ async fn catch_up(
     let any_other = owners.iter().any(|id| id != node.id());
     let others = owners.iter().filter(|id| *id != node.id() && view.is_alive(id));
     let copies = futures_util::future::join_all(others.map(|id| replica::read_held(node, view, id, key))).await;
-    let all = copies.iter().all(Result::is_ok) && (!any_other || !copies.is_empty());
+    let all = copies.iter().all(Result::is_ok) && if any_other { !copies.is_empty() } else { view.sole_member() };
     for copy in copies.into_iter().flatten().flatten() {
         node.storage().merge(partition, key, &copy)?;
     }
@@ -480,11 +481,12 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
         }
     }
     let deadline = Instant::now() + node.timeout() + Duration::from_millis(50);
-    // Nothing found is an answer only once a quorum of the replicas not
-    // held down said so (Riak's notfound_ok = false with basic_quorum):
-    // below a quorum, the first replies may all come from replicas that a
-    // w=quorum write has not reached yet, and a read at r=1 right after its
-    // ack would answer 404. Any copy found ends the wait.
+    // Nothing live found (nothing at all, or only tombstones and expired
+    // values) is an answer only once a quorum of the replicas not held
+    // down said so (Riak's notfound_ok = false with basic_quorum): below a
+    // quorum, the first replies may all come from replicas that a w=quorum
+    // write has not reached yet, and a read at r=1 right after its ack
+    // would answer 404. A live value found ends the wait.
     let not_found_needs = |g: &Gather| {
         let live = pref.iter().filter(|id| *id == node.id() || g.view.is_alive(id)).count();
         Level::Quorum.required(g.view.quorum_n()).min(live)
@@ -495,7 +497,7 @@ pub async fn read(node: &Arc<Node>, key: &[u8], level: Level) -> Result<ReadResu
         // that its 503 counts them.
         let settled = (outcome == Outcome::Failed && g.tally.complete())
             || (outcome == Outcome::Reached
-                && (!g.merged.is_empty() || g.tally.complete() || g.tally.acked() >= not_found_needs(&g)));
+                && (g.found_live() || g.tally.complete() || g.tally.acked() >= not_found_needs(&g)));
         if settled {
             break;
         }
@@ -659,6 +661,13 @@ impl Gather {
                 }
             }
         }
+    }
+
+    /// Whether the merge so far holds a live value (not deleted, not
+    /// expired).
+    fn found_live(&self) -> bool {
+        let now = now_ms();
+        self.merged.values().iter().any(|v| !v.payload.deleted && !v.payload.expired(now))
     }
 
     /// Whether a replica whose copy is `copy` differs from the merge.

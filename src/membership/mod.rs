@@ -379,6 +379,15 @@ impl Table {
         let mut changed = false;
         for d in digests {
             if let Some(c) = self.conflict(d) {
+                // This node's own id at another address: its old address,
+                // as the others still hold it after a move. Its heartbeat
+                // there may be above this run's (a data dir lost with the
+                // move): jump past it, or the others would never take the
+                // new address (they move a member only for a higher one).
+                let me = self.members.get_mut(&self.me).expect("self entry");
+                if d.id == self.me && d.heartbeat > me.heartbeat {
+                    me.heartbeat = d.heartbeat.saturating_add(1);
+                }
                 self.conflicts.push(c);
                 continue;
             }
@@ -486,12 +495,15 @@ mod tests {
             vec![Conflict { id: "b".into(), alive_at: "http://b".into(), claimed_by: "http://elsewhere".into() }]
         );
         assert!(t.take_conflicts().is_empty());
-        // Someone claiming this node's own id.
+        // This node's own id at another address (its old one, after a move
+        // that lost the data dir): refused, but its heartbeat there is
+        // jumped past, so that the others take the new address.
         let mut me = d("a", 50);
         me.address = "http://elsewhere".into();
         t.merge(&[me], at(20));
         assert_eq!(t.take_conflicts().len(), 1);
-        assert!(t.heartbeat() < 50, "a refused claim does not move our heartbeat");
+        assert_eq!(t.get("a").unwrap().address, "http://a");
+        assert!(t.heartbeat() > 50);
         // Once b is dead here, a restart at a new address is accepted.
         for now in (30..=400).step_by(10) {
             t.refresh(at(now), T);

@@ -232,7 +232,9 @@ async fn the_keys_dot_and_dot_dot_are_reached_through_every_node() {
 /// alive by heartbeats sent in its name.
 #[tokio::test]
 async fn a_replica_that_does_not_answer_relays_is_tried_last() {
-    let c = Cluster::start(3, &[]).await;
+    // A mark that outlasts the requests below on a loaded machine.
+    let timers = ["--gossip-interval-ms", "50", "--suspect-after-ms", "20000", "--dead-after-ms", "60000"];
+    let c = Cluster::start_with(3, &timers, &["--request-timeout-ms", "500"]).await;
     // A black hole: it accepts connections and never answers.
     let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hole_url = format!("http://{}", hole.local_addr().unwrap());
@@ -293,7 +295,10 @@ async fn a_replica_that_does_not_answer_relays_is_tried_last() {
 /// that did answer, not only those in before the outcome was known.
 #[tokio::test]
 async fn a_503_at_all_counts_every_replica_that_answered_with_one_dead() {
-    let c = Cluster::start(3, &[]).await;
+    // A request timeout a loaded machine does not run out: n2's answer
+    // must count.
+    let timers = ["--gossip-interval-ms", "50", "--suspect-after-ms", "2000", "--dead-after-ms", "6000"];
+    let c = Cluster::start_with(3, &timers, &["--request-timeout-ms", "10000"]).await;
     c.node(2).pause();
     eventually("n1 holds n3 dead", || async {
         member_statuses(c.node(0)).await.get("n3").map(String::as_str) == Some("dead")
