@@ -85,9 +85,13 @@ pub async fn get(State(node): State<Arc<Node>>, req: KvRequest) -> Result<Respon
         // A node started alone moments ago under a configured id may be a
         // former member whose disk was lost: a key it does not have may be
         // one it has not received. Wait for the others' gossip (or the end
-        // of the settle, at most a request timeout: well inside the
-        // request's deadline), then read again the way the node now knows.
-        let _ = tokio::time::timeout(node.timeout(), node.settled()).await;
+        // of the settle), then read again the way the node now knows. At
+        // most a request timeout and a second: the relay and read after it
+        // take at most four request timeouts and half a second more, inside
+        // the request's deadline of five and two seconds; and it covers the
+        // whole settle at the default timers (3 s against a 2 s timeout).
+        let wait = node.timeout() + std::time::Duration::from_secs(1);
+        let _ = tokio::time::timeout(wait, node.settled()).await;
         if let Some(resp) = forward(&node, &req, Bytes::new()).await? {
             return Ok(resp);
         }

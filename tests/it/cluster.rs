@@ -332,6 +332,7 @@ async fn two_of_three_replicas_paused_fail_quorum_but_not_w1_or_async() {
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["code"], "quorum_not_met");
         assert_eq!(body["acked"], 1);
+        assert!(body["error"].as_str().unwrap().contains("retry with its X-Context"), "{body}");
     }
     for w in ["1", "async"] {
         let r = put(c.node(0), "k", w, &format!("?w={w}"), None).await;
