@@ -456,13 +456,15 @@ impl Node {
     }
 
     /// The node at `address` refused this node's gossip. Unless a member
-    /// accepted it within the last `--dead-after-ms` (one seed of another
-    /// cluster, say, among members that accept it), it does not act as a
-    /// member until one accepts it again, and says why in its readiness.
-    /// Logged once per refusing node.
+    /// accepted it within the last `--suspect-after-ms` (one seed of
+    /// another cluster, say, among members that accept it every round), it
+    /// does not act as a member until one accepts it again, and says why in
+    /// its readiness. (A node the cluster took for gone and replaced by
+    /// another process under its id was last accepted longer ago than
+    /// that.) Logged once per refusing node.
     pub fn refused_by(&self, address: &str, why: &str) {
         let mut refusal = self.refusal.lock().expect("refusal lock");
-        let accepted_lately = refusal.accepted_at.is_some_and(|at| at.elapsed() < self.timeouts().dead_after);
+        let accepted_lately = refusal.accepted_at.is_some_and(|at| at.elapsed() < self.timeouts().suspect_after);
         if !accepted_lately {
             refusal.reason = Some(format!("{address} refuses this node: {why}"));
             self.is_refused.store(true, Ordering::SeqCst);

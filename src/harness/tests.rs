@@ -319,6 +319,29 @@ async fn a_read_at_r1_finds_a_quorum_write_through_the_replica_it_missed() {
     assert_eq!(read.visible[0].payload.value, b"again"[..]);
 }
 
+/// A refusal (another process holds this node's id, or another Q) takes a
+/// node out of the cluster until a member accepts it, unless members keep
+/// accepting it: one seed of another cluster among members must not flip
+/// it in and out.
+#[tokio::test]
+async fn a_refusal_counts_unless_members_accepted_the_node_lately() {
+    let c = Mem::new(2, &[]);
+    let a = c.node("a");
+    assert!(a.knows_cluster());
+    a.refused_by("http://elsewhere", "sender has --partitions 32, this node 64");
+    assert!(!a.is_refused() && a.knows_cluster(), "accepted by its members moments ago");
+    // A node no member accepted yet.
+    let dir = tempfile::tempdir().unwrap();
+    let lone = c.net.open("z", dir.path(), &["--seeds", &address_of("a")]).unwrap();
+    lone.refused_by(&address_of("a"), "node id z is alive at another address");
+    assert!(lone.is_refused() && !lone.knows_cluster());
+    assert!(lone.not_ready().unwrap().contains("refused by the cluster"));
+    // Accepted: a member again.
+    let msg = a.gossip_message();
+    lone.accept_gossip(&msg).unwrap();
+    assert!(!lone.is_refused() && lone.knows_cluster());
+}
+
 #[tokio::test]
 async fn a_slow_replica_does_not_hold_a_quorum_back() {
     let c = Mem::new(3, &[]);
