@@ -62,24 +62,33 @@ async fn values_over_the_limit_are_413_and_not_stored() {
     // is read, not left to wait for a body that may never come (the
     // deadline would answer 503). No body byte is sent, so nothing unread
     // is left to turn the node's close into a reset.
-    let addr = s.url.trim_start_matches("http://").to_string();
-    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    c.write_all(b"PUT /kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000000\r\n\r\n").await.unwrap();
-    let mut head = String::new();
-    let mut chunk = [0u8; 4096];
-    while !head.contains("value_too_large") {
-        let read = tokio::time::timeout(std::time::Duration::from_secs(60), c.read(&mut chunk));
-        let n = read.await.expect("an answer").unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        head.push_str(&String::from_utf8_lossy(&chunk[..n]));
-    }
+    let head =
+        raw_until(&s, b"PUT /kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000000\r\n\r\n", "value_too_large")
+            .await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("value_too_large"), "{head}");
     assert_nothing_stored(&s, "big").await;
     let r = s.http.put(s.at("/kv/ok")).body(vec![b'x'; 1024]).send().await.unwrap();
     assert_eq!(r.status(), 204);
+}
+
+/// Sends `request` to `s` as raw bytes on a connection of its own and reads
+/// the answer until it contains `until` (or the connection ends).
+async fn raw_until(s: &Server, request: &[u8], until: &str) -> String {
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(request).await.unwrap();
+    let mut answer = String::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.contains(until) {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(60), c.read(&mut chunk));
+        let n = read.await.expect("an answer").unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        answer.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    answer
 }
 
 fn futures_stream(chunks: Vec<Vec<u8>>) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
@@ -144,23 +153,9 @@ async fn the_context_of_another_key_is_refused_and_the_siblings_stay() {
 #[tokio::test]
 async fn a_body_that_cannot_be_read_is_400_invalid_body() {
     let s = Server::start(&[]).await;
-    let addr = s.url.trim_start_matches("http://").to_string();
-    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    c.write_all(
-        b"PUT /kv/chunky HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n0\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut answer = String::new();
-    let mut chunk = [0u8; 4096];
-    while !answer.contains('}') {
-        let read = tokio::time::timeout(std::time::Duration::from_secs(60), c.read(&mut chunk));
-        let n = read.await.expect("an answer").unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        answer.push_str(&String::from_utf8_lossy(&chunk[..n]));
-    }
+    let chunked =
+        b"PUT /kv/chunky HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n0\r\n\r\n";
+    let answer = raw_until(&s, chunked, "}").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("\"invalid_body\""), "{answer}");
     assert_nothing_stored(&s, "chunky").await;

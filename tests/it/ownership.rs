@@ -410,6 +410,24 @@ async fn another_partition_count_and_a_duplicate_live_id_are_refused() {
     }
 }
 
+/// Waits until n2 (`c.node(1)`) is ready at its current address and the
+/// other two list it alive there.
+async fn taken_back_at(c: &Cluster, which: &str) {
+    let new = c.node(1).url.clone();
+    eventually(&format!("n2 ready at its {which} address"), || async { ready_status(c.node(1)).await == 200 }).await;
+    for s in [c.node(0), c.node(2)] {
+        eventually(&format!("the others list n2 alive at its {which} address"), || async {
+            let m: Value = s.http.get(s.at("/cluster/members")).send().await.unwrap().json().await.unwrap();
+            m["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == "n2" && m["address"] == new && m["status"] == "alive")
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn a_member_restarted_at_another_address_is_taken_back_once_its_old_one_falls_silent() {
     let mut c = Cluster::start(3, &[]).await;
@@ -423,18 +441,7 @@ async fn a_member_restarted_at_another_address_is_taken_back_once_its_old_one_fa
     assert_ne!(new, old);
     // The others refuse n2's new address while the old one is alive to
     // them; once it falls silent (suspect), the move is taken.
-    eventually("n2 ready at its new address", || async { ready_status(c.node(1)).await == 200 }).await;
-    for s in [c.node(0), c.node(2)] {
-        eventually("the others list n2 alive at its new address", || async {
-            let m: Value = s.http.get(s.at("/cluster/members")).send().await.unwrap().json().await.unwrap();
-            m["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|m| m["id"] == "n2" && m["address"] == new && m["status"] == "alive")
-        })
-        .await;
-    }
+    taken_back_at(&c, "new").await;
     reads_back_at_r1(c.node(1), "m", 20, "through n2 at its new address").await;
     assert_eq!(put(c.node(1), "after-move", "here", "?w=all").await, 204);
     assert_eq!(c.node(2).get("after-move").await.2, "here");
@@ -447,18 +454,7 @@ async fn a_member_restarted_at_another_address_is_taken_back_once_its_old_one_fa
     c.nodes[1].restart_elsewhere().await;
     let new = c.node(1).url.clone();
     assert_ne!(new, old);
-    eventually("n2 ready at its third address", || async { ready_status(c.node(1)).await == 200 }).await;
-    for s in [c.node(0), c.node(2)] {
-        eventually("the others list n2 alive at its third address", || async {
-            let m: Value = s.http.get(s.at("/cluster/members")).send().await.unwrap().json().await.unwrap();
-            m["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|m| m["id"] == "n2" && m["address"] == new && m["status"] == "alive")
-        })
-        .await;
-    }
+    taken_back_at(&c, "third").await;
     reads_back_at_r1(c.node(1), "m", 20, "through n2 refilled at its third address").await;
 }
 
