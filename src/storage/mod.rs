@@ -535,21 +535,24 @@ impl Storage {
         Ok(gone)
     }
 
-    /// Drops `key` if every version it holds has expired at `now_ms`;
-    /// returns how many versions went. A record keeping a live version keeps
-    /// its expired ones too (the next write supersedes them), so this node
-    /// still holds every dot it issued (see `coordinator::new_version`). A
-    /// key that was deleted and purged before keeps its purge marker, which
-    /// now also covers the expired versions: the next dot for the key is
-    /// taken above what the record remembers, and a marker that forgot them
-    /// would hand out an expired version's dot again (one dot, two values:
-    /// a replica still holding the expired one would keep it).
+    /// Purges `key` down to its marker if every version it holds has
+    /// expired at `now_ms`; returns how many versions went. A record keeping
+    /// a live version keeps its expired ones too (the next write supersedes
+    /// them), so this node still holds every dot it issued (see
+    /// `coordinator::new_version`).
+    ///
+    /// The marker remembers what the expired versions had seen, as a purged
+    /// tombstone's does: an expiring value usually replaced something (an
+    /// older value, a tombstone), and a replica that missed the replacement
+    /// still holds that; without the marker, its copy would come back by
+    /// anti-entropy or read repair once the newer value expired. It also
+    /// keeps the key's next dot above the expired ones (a dot handed out
+    /// again would name two values).
     pub fn expire(&self, partition: u32, key: &[u8], now_ms: u64) -> Result<u64, StorageError> {
         let out = self.update(partition, key, |cur| match cur {
             Some(rec) if !rec.is_empty() && rec.values().iter().all(|v| v.payload.expired(now_ms)) => {
                 let n = rec.len() as u64;
-                let rest = (!rec.purged().is_empty()).then(|| rec.purge());
-                Ok::<_, std::convert::Infallible>((rest, n))
+                Ok::<_, std::convert::Infallible>((Some(rec.purge()), n))
             }
             other => Ok((other, 0)),
         })?;
@@ -1338,7 +1341,31 @@ mod tests {
         s.merge(0, b"e", &only).unwrap();
         assert_eq!(s.expire(0, b"e", 100).unwrap(), 0, "not yet");
         assert_eq!(s.expire(0, b"e", 300).unwrap(), 1);
-        assert!(s.get(0, b"e").unwrap().is_none());
+        let marker = s.get(0, b"e").unwrap().unwrap();
+        assert!(marker.is_empty(), "a marker, no versions");
+        assert_eq!(s.expire(0, b"e", 400).unwrap(), 0, "a marker has nothing left to expire");
+    }
+
+    #[tokio::test]
+    async fn an_expired_value_leaves_a_marker_that_keeps_what_it_replaced_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &opts(1, false)).unwrap();
+        // An old value, replaced by one that expires (on this replica; a
+        // replica that missed the replacement still holds the old value).
+        let old = versioned("x", "old", false, 100);
+        let ctx = old.context();
+        let mut expiring = content("brief");
+        expiring.expires_at_ms = Some(2_000);
+        let dot = old.next_dot(&ctx, "x", 0);
+        s.merge(0, b"k", &old.update(&ctx, dot.clone(), expiring)).unwrap();
+        assert_eq!(s.expire(0, b"k", 3_000).unwrap(), 1);
+        let marker = s.get(0, b"k").unwrap().unwrap();
+        assert!(marker.is_empty(), "a marker, no versions");
+        assert!(marker.context().covers(&dot), "the expired dot is remembered");
+        // The old value arrives from that replica (anti-entropy, read
+        // repair, a hint): dropped, so the key stays gone.
+        assert!(s.merge(0, b"k", &old).unwrap().is_empty());
+        assert!(s.get(0, b"k").unwrap().unwrap().is_empty());
     }
 
     #[tokio::test]

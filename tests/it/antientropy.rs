@@ -177,6 +177,60 @@ async fn a_returning_node_with_old_values_does_not_resurrect_purged_deletes() {
     }
 }
 
+/// A value that replaced another and then expired leaves a purge marker: a
+/// replica that missed the replacement and comes back cannot bring back
+/// what it replaced, a deleted value ("d") or an overwritten one ("o").
+#[tokio::test]
+async fn a_replica_that_missed_an_expiring_write_does_not_bring_back_what_it_replaced() {
+    // Synced writes: n3's copies of "old" survive its SIGKILL.
+    let mut c = Cluster::start_with(3, &timers(), &["--sync-writes"]).await;
+    for key in ["d", "o"] {
+        assert_eq!(put(&c, 0, key, "old", "?w=all", None).await, 204);
+    }
+    c.nodes[2].kill();
+    // Once n3 is held down there is no stand-in for it among three nodes
+    // and no hint: n3 learns of the delete and the writes only from the
+    // others' copies.
+    eventually("n1 holds n3 down", || async {
+        member_statuses(c.node(0)).await.get("n3").is_some_and(|s| s != "alive")
+    })
+    .await;
+    let s = c.node(0);
+    assert_eq!(s.http.delete(s.at("/kv/d?w=quorum")).send().await.unwrap().status(), 204);
+    for key in ["d", "o"] {
+        assert_eq!(put(&c, 0, key, "brief", "?w=quorum&ttl=1", None).await, 204);
+    }
+    eventually("n1 and n2 purged the expired values", || async {
+        for key in ["d", "o"] {
+            for node in ["n1", "n2"] {
+                if !matches!(stored_on(&c, 0, key, node).await, Some(v) if v.is_empty()) {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await;
+    // n3 returns with "old" for both; anti-entropy runs; neither comes back.
+    c.nodes[2].restart().await;
+    c.wait_all_alive().await;
+    eventually("n3's old copies gave way to the markers", || async {
+        for key in ["d", "o"] {
+            if !matches!(stored_on(&c, 2, key, "n3").await, Some(v) if v.is_empty()) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    for key in ["d", "o"] {
+        for s in &c.nodes {
+            let r = s.http.get(s.at(&format!("/kv/{key}?r=all"))).send().await.unwrap();
+            assert_eq!(r.status(), 404, "{key} came back through {}", s.url);
+        }
+    }
+}
+
 async fn metric(s: &crate::support::Server, name: &str) -> f64 {
     let text = s.http.get(s.at("/metrics")).send().await.unwrap().text().await.unwrap();
     text.lines()
