@@ -156,23 +156,60 @@ fn remove(node: &Node, hint: &Hint, delivered: &mut usize) {
 
 /// Hands everything this node holds to the ring without it, then gossips
 /// `left` to every live peer. Each page of keys goes to every new owner at
-/// once and must be acknowledged by all of them (a page is tried a few
-/// times); a record that does not decode is logged and counted
+/// once and must be acknowledged by all of them ([`hand_off_partition`]); a
+/// record that does not decode is logged and counted
 /// (`dynakv_corrupt_records_total`), never silently skipped. If anything
 /// could not be handed off, the node does not announce `left` (it stays a
 /// member, and its copies with it) and says why.
 pub async fn leave(node: &Node) -> Result<u64, String> {
-    const ATTEMPTS: usize = 5;
-    let view = node.view();
-    let after = view.ring_without(node.id());
-    let storage = node.storage();
     let mut handed = 0u64;
     for p in 0..node.cfg().partitions {
-        let targets: Vec<String> =
-            after.preference_list(p).into_iter().filter(|id| view.member(id).is_some()).map(str::to_string).collect();
-        if targets.is_empty() || !storage.has_data(p).map_err(|e| e.to_string())? {
-            continue;
+        handed += hand_off_partition(node, p).await?;
+    }
+    let view = node.view();
+    let after = view.ring_without(node.id());
+    let hints = hand_off_hints(node, &view, &after).await?;
+    node.mark_left();
+    let view = node.view();
+    let peers: Vec<(String, String)> = view
+        .members()
+        .filter(|m| m.id != node.id() && m.status.on_ring())
+        .map(|m| (m.id.clone(), m.address.clone()))
+        .collect();
+    let calls = peers.iter().map(|(id, address)| crate::gossip::exchange(node, id, address));
+    futures_util::future::join_all(calls).await;
+    tracing::info!(keys = handed, hints, "left the cluster");
+    Ok(handed)
+}
+
+/// Hands partition `p` to its owners in the ring without this node, a page
+/// of keys at a time, every page to every owner; returns the keys handed.
+///
+/// A page not acknowledged is sent again (pauses growing to a second) to the
+/// owners the ring has then. An owner that stopped answering is waited for
+/// until it is declared dead and leaves the ring (`--dead-after-ms`, plus a
+/// few request timeouts), and the partition then starts over from its first
+/// page with the owners that replaced it, so each of them gets every key.
+/// The leave fails when that time runs out, or when no owner is left on the
+/// ring while other members have not left (dead ones still hold copies and
+/// come back; leaving would take this copy away). A partition with nowhere
+/// to go because every other member left goes nowhere.
+async fn hand_off_partition(node: &Node, p: u32) -> Result<u64, String> {
+    let storage = node.storage();
+    let wait = Duration::from_millis(node.cfg().dead_after_ms) + node.timeout() * 4;
+    let mut give_up: Option<tokio::time::Instant> = None;
+    'owners: loop {
+        let view = node.view();
+        let owners = owners_after_leave(node, &view, p);
+        if !storage.has_data(p).map_err(|e| e.to_string())? || (owners.is_empty() && view.sole_member()) {
+            return Ok(0);
         }
+        if owners.is_empty() {
+            return Err(format!(
+                "partition {p} has no owner on the ring without this node, and other members have not left"
+            ));
+        }
+        let mut handed = 0u64;
         let mut cursor: Option<Vec<u8>> = None;
         loop {
             let page = storage.scan_from_async(p, cursor.take(), PAGE).await.map_err(|e| e.to_string())?;
@@ -186,41 +223,43 @@ pub async fn leave(node: &Node) -> Result<u64, String> {
                     }
                 }
             }
-            let mut attempt = 0;
+            let mut attempt = 0u64;
             loop {
                 let sends = records
                     .iter()
-                    .flat_map(|(k, r)| targets.iter().map(move |t| (t, k, r)))
+                    .flat_map(|(k, r)| owners.iter().map(move |t| (t, k, r)))
                     .map(|(t, k, r)| replica::merge(node, &view, t, p, k, r));
-                match futures_util::future::join_all(sends).await.into_iter().find_map(Result::err) {
-                    None => break,
-                    Some(e) if attempt + 1 < ATTEMPTS => {
-                        attempt += 1;
-                        tracing::warn!(partition = p, error = %e, attempt, "hand-off page not acknowledged; again");
-                        tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
-                    }
-                    Some(e) => return Err(format!("partition {p} not acknowledged by its new owners: {e}")),
+                let Some(e) = futures_util::future::join_all(sends).await.into_iter().find_map(Result::err) else {
+                    break;
+                };
+                let deadline = *give_up.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("partition {p} not acknowledged by its new owners: {e}"));
+                }
+                attempt += 1;
+                tracing::warn!(partition = p, error = %e, attempt, "hand-off page not acknowledged; again");
+                tokio::time::sleep(Duration::from_millis((200 * attempt).min(1000))).await;
+                if owners_after_leave(node, &node.view(), p) != owners {
+                    tracing::info!(
+                        partition = p,
+                        "the partition's owners changed during the hand-off; starting it over"
+                    );
+                    continue 'owners;
                 }
             }
             handed += records.len() as u64;
             match page.next {
                 Some(next) => cursor = Some(next),
-                None => break,
+                None => return Ok(handed),
             }
         }
     }
-    let hints = hand_off_hints(node, &view, &after).await?;
-    node.mark_left();
-    let view = node.view();
-    let peers: Vec<(String, String)> = view
-        .members()
-        .filter(|m| m.id != node.id() && m.status.on_ring())
-        .map(|m| (m.id.clone(), m.address.clone()))
-        .collect();
-    let calls = peers.iter().map(|(id, address)| crate::gossip::exchange(node, id, address));
-    futures_util::future::join_all(calls).await;
-    tracing::info!(keys = handed, hints, "left the cluster");
-    Ok(handed)
+}
+
+/// The owners of partition `p` in `view`'s ring without this node.
+fn owners_after_leave(node: &Node, view: &ClusterView, p: u32) -> Vec<String> {
+    let after = view.ring_without(node.id());
+    after.preference_list(p).into_iter().filter(|id| view.member(id).is_some()).map(str::to_string).collect()
 }
 
 /// Hands every hint this node keeps to the live members of its key's

@@ -758,6 +758,44 @@ async fn a_leave_whose_hand_off_is_not_acknowledged_exits_1_and_stays_a_member()
 }
 
 #[tokio::test]
+async fn a_leave_waits_for_a_new_owner_that_stops_answering_to_be_declared_dead_and_goes_on() {
+    // Five nodes and N = 3. n1 stops answering as n5 starts to leave: the
+    // partitions n1 was to take wait until it is declared dead, then go to
+    // the owners that replace it, and the leave ends with exit 0.
+    let mut c = Cluster::start(5, &[]).await;
+    let mut held = Vec::new();
+    for i in 0..40 {
+        let key = format!("h{i}");
+        assert_eq!(put(c.node(1), &key, &format!("v{i}"), "?w=all", None).await.status(), 204);
+        if c.preference_list(&key).await.iter().any(|id| id == "n5") {
+            held.push(key);
+        }
+    }
+    assert!(held.len() >= 5, "enough keys replicated on the leaver: {}", held.len());
+    c.node(0).pause();
+    let r = c.nodes[4].http.post(c.nodes[4].at("/cluster/leave")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let status = c.nodes[4].wait();
+    assert!(status.success(), "the leave went on past the dead owner: {status:?}");
+    eventually("n2 lists n1 dead and n5 left", || async {
+        let st = member_statuses(c.node(1)).await;
+        st.get("n1").map(String::as_str) == Some("dead") && st.get("n5").map(String::as_str) == Some("left")
+    })
+    .await;
+    // The leaver's keys are on every owner the ring has without n1 and n5,
+    // handed off by the leave itself.
+    for key in &held {
+        let reps = replica_versions(c.node(1), key).await;
+        assert_eq!(reps.len(), 3, "{key}: {reps:?}");
+        for (node, reachable, versions) in &reps {
+            assert!(node != "n1" && node != "n5", "{key}: {reps:?}");
+            assert!(*reachable && versions.len() == 1, "{key} on {node}: {versions:?}");
+        }
+    }
+    c.node(0).resume();
+}
+
+#[tokio::test]
 async fn a_leaving_node_answers_not_ready_until_it_has_left_and_relays_go_past_it() {
     // Four nodes, N = 2. n1 does not answer, so n4's hand-off of the keys
     // n1 is to take stalls (retried for seconds): n4 is leaving meanwhile.
