@@ -205,6 +205,53 @@ async fn raw(s: &Server, method: &str, target: &str, body: &str) -> (u16, String
 /// including one that relays them (a URL parser would turn them into
 /// another path on the way).
 #[tokio::test]
+async fn a_node_outside_the_preference_list_coordinates_when_every_replica_is_suspect() {
+    // Suspect after 2 s, dead only after 60 s: the write below happens while
+    // n1..n3 are suspect, still on the ring and still the key's replicas.
+    let timers = [
+        "--gossip-interval-ms",
+        "50",
+        "--suspect-after-ms",
+        "2000",
+        "--dead-after-ms",
+        "60000",
+        "--request-timeout-ms",
+        "500",
+    ];
+    let c = Cluster::start_with(4, &timers, &[]).await;
+    let mut key = None;
+    for i in 0..100 {
+        let k = format!("s{i}");
+        if !c.preference_list(&k).await.iter().any(|id| id == "n4") {
+            key = Some(k);
+            break;
+        }
+    }
+    let key = key.expect("a key n4 does not replicate");
+    for i in 0..3 {
+        c.node(i).pause();
+    }
+    eventually("n4 holds n1..n3 suspect", || async {
+        let st = member_statuses(c.node(3)).await;
+        ["n1", "n2", "n3"].iter().all(|id| st.get(*id).map(String::as_str) == Some("suspect"))
+    })
+    .await;
+    // A relay would wait for a paused replica and then answer 503; n4
+    // coordinates instead and keeps the write for them as a stand-in.
+    let r = put(c.node(3), &key, "kept", "?w=1", None).await;
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    assert_eq!(member_statuses(c.node(3)).await.get("n1").map(String::as_str), Some("suspect"));
+    for i in 0..3 {
+        c.node(i).resume();
+    }
+    eventually("the write reached every replica", || async {
+        let r = c.node(0).http.get(c.node(0).at(&format!("/kv/{key}?r=all"))).send().await.unwrap();
+        r.status() == 200 && r.text().await.unwrap() == "kept"
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_keys_dot_and_dot_dot_are_reached_through_every_node() {
     let c = Cluster::start(2, &["--replicas", "1", "--read-quorum", "1", "--write-quorum", "1"]).await;
     for (spelled, other) in [("%2E", "."), ("%2E%2E", ".."), (".", "%2e"), ("..", "%2e.")] {
