@@ -170,12 +170,16 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
     if !knows && targets.is_empty() {
         targets = node.seeds().into_iter().map(|u| ("seed".to_string(), u)).collect();
     }
-    // No replica is alive (each is suspect: no heartbeat lately): a relay
-    // would most likely wait out its timeout and then, for a write that may
-    // have landed, answer 503. The key's preference list is out of reach, so
-    // this node coordinates, writing to stand-ins with hints (sloppy quorum),
-    // as Dynamo's coordinator does when the first N are unreachable.
-    if knows && !receiving && !node.is_refused() && targets.iter().all(|(id, _)| !view.is_alive(id)) {
+    // No replica is alive (each is suspect: no heartbeat lately) while some
+    // other member is: a relay would most likely wait out its timeout and
+    // then, for a write that may have landed, answer 503. The key's
+    // preference list is out of reach, so this node coordinates, writing to
+    // stand-ins with hints (sloppy quorum), as Dynamo's coordinator does
+    // when the first N are unreachable. When no other member at all is
+    // alive, this node's view is the likely stale one (it was paused, or
+    // is cut off), and it relays as usual.
+    let fresh = || view.members().any(|m| m.id != node.id() && view.is_alive(&m.id));
+    if knows && !receiving && !node.is_refused() && targets.iter().all(|(id, _)| !view.is_alive(id)) && fresh() {
         return Ok(None);
     }
     // Alive ones first, and of each kind the ones that did not fail to

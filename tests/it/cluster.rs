@@ -207,7 +207,8 @@ async fn raw(s: &Server, method: &str, target: &str, body: &str) -> (u16, String
 #[tokio::test]
 async fn a_node_outside_the_preference_list_coordinates_when_every_replica_is_suspect() {
     // Suspect after 2 s, dead only after 60 s: the write below happens while
-    // n1..n3 are suspect, still on the ring and still the key's replicas.
+    // the key's replicas are suspect, still on the ring and still its
+    // replicas.
     let timers = [
         "--gossip-interval-ms",
         "50",
@@ -218,34 +219,36 @@ async fn a_node_outside_the_preference_list_coordinates_when_every_replica_is_su
         "--request-timeout-ms",
         "500",
     ];
-    let c = Cluster::start_with(4, &timers, &[]).await;
-    let mut key = None;
+    let c = Cluster::start_with(5, &timers, &[]).await;
+    let mut found = None;
     for i in 0..100 {
         let k = format!("s{i}");
-        if !c.preference_list(&k).await.iter().any(|id| id == "n4") {
-            key = Some(k);
+        let pref = c.preference_list(&k).await;
+        if !pref.iter().any(|id| id == "n5") {
+            found = Some((k, pref));
             break;
         }
     }
-    let key = key.expect("a key n4 does not replicate");
-    for i in 0..3 {
-        c.node(i).pause();
+    let (key, pref) = found.expect("a key n5 does not replicate");
+    for id in &pref {
+        c.node(c.index_of(id)).pause();
     }
-    eventually("n4 holds n1..n3 suspect", || async {
-        let st = member_statuses(c.node(3)).await;
-        ["n1", "n2", "n3"].iter().all(|id| st.get(*id).map(String::as_str) == Some("suspect"))
+    eventually("n5 holds the key's replicas suspect", || async {
+        let st = member_statuses(c.node(4)).await;
+        pref.iter().all(|id| st.get(id).map(String::as_str) == Some("suspect"))
     })
     .await;
-    // A relay would wait for a paused replica and then answer 503; n4
-    // coordinates instead and keeps the write for them as a stand-in.
-    let r = put(c.node(3), &key, "kept", "?w=1", None).await;
+    // A relay would wait for a paused replica and then answer 503; n5
+    // coordinates instead, and it and the other live node keep the write
+    // for the replicas as stand-ins.
+    let r = put(c.node(4), &key, "kept", "?w=quorum", None).await;
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
-    assert_eq!(member_statuses(c.node(3)).await.get("n1").map(String::as_str), Some("suspect"));
-    for i in 0..3 {
-        c.node(i).resume();
+    for id in &pref {
+        c.node(c.index_of(id)).resume();
     }
     eventually("the write reached every replica", || async {
-        let r = c.node(0).http.get(c.node(0).at(&format!("/kv/{key}?r=all"))).send().await.unwrap();
+        let s = c.node(c.index_of(&pref[0]));
+        let r = s.http.get(s.at(&format!("/kv/{key}?r=all"))).send().await.unwrap();
         r.status() == 200 && r.text().await.unwrap() == "kept"
     })
     .await;
