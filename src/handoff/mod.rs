@@ -187,8 +187,8 @@ pub async fn leave(node: &Node) -> Result<u64, String> {
 ///
 /// A page not acknowledged is sent again (pauses growing to a second) to the
 /// owners the ring has then. An owner that stopped answering is waited for
-/// until it is declared dead and leaves the ring (`--dead-after-ms`, plus a
-/// few request timeouts), and the partition then starts over from its first
+/// until it is declared dead and leaves the ring (up to twice
+/// `--dead-after-ms`, plus a few request timeouts), and the partition then starts over from its first
 /// page with the owners that replaced it, so each of them gets every key.
 /// The leave fails when that time runs out, or when no owner is left on the
 /// ring while other members have not left (dead ones still hold copies and
@@ -196,7 +196,10 @@ pub async fn leave(node: &Node) -> Result<u64, String> {
 /// to go because every other member left goes nowhere.
 async fn hand_off_partition(node: &Node, p: u32) -> Result<u64, String> {
     let storage = node.storage();
-    let wait = Duration::from_millis(node.cfg().dead_after_ms) + node.timeout() * 4;
+    // Twice the time to be declared dead: its heartbeat may have advanced
+    // last a little after its first failure here, and the others' verdict
+    // reaches this node by gossip.
+    let wait = Duration::from_millis(node.cfg().dead_after_ms) * 2 + node.timeout() * 4;
     let mut give_up: Option<tokio::time::Instant> = None;
     'owners: loop {
         let view = node.view();

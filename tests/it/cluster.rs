@@ -201,9 +201,6 @@ async fn raw(s: &Server, method: &str, target: &str, body: &str) -> (u16, String
     (status, answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
 }
 
-/// The keys `.` and `..` are keys like any other through every node,
-/// including one that relays them (a URL parser would turn them into
-/// another path on the way).
 #[tokio::test]
 async fn a_node_outside_the_preference_list_coordinates_when_every_replica_is_suspect() {
     // Suspect after 2 s, dead only after 60 s: the write below happens while
@@ -254,6 +251,9 @@ async fn a_node_outside_the_preference_list_coordinates_when_every_replica_is_su
     .await;
 }
 
+/// The keys `.` and `..` are keys like any other through every node,
+/// including one that relays them (a URL parser would turn them into
+/// another path on the way).
 #[tokio::test]
 async fn the_keys_dot_and_dot_dot_are_reached_through_every_node() {
     let c = Cluster::start(2, &["--replicas", "1", "--read-quorum", "1", "--write-quorum", "1"]).await;
@@ -803,7 +803,8 @@ async fn a_leave_whose_hand_off_is_not_acknowledged_exits_1_and_stays_a_member()
     let status = c.nodes[1].wait();
     c.node(0).resume();
     assert_eq!(status.code(), Some(1), "a leave that could not hand off exits 1");
-    let n2 = member_statuses(c.node(0)).await.get("n2").cloned();
+    // n1, back from its pause, answers once it has caught up.
+    let n2 = crate::support::eventually_opt(|| async { member_statuses(c.node(0)).await.get("n2").cloned() }).await;
     assert!(n2.is_some() && n2.as_deref() != Some("left"), "n2 never announced left: {n2:?}");
 }
 
