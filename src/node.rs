@@ -667,16 +667,18 @@ impl Node {
 
     /// Whether this node cannot vouch for partition `p` yet: it has not
     /// heard from the cluster, or it owns `p` (in `view`) without holding it
-    /// completely (being received, or not yet noticed by the transfer
-    /// worker). Such a node never answers for `p`'s keys alone.
+    /// completely and up to date (being received or verified, or not yet
+    /// noticed by the transfer worker: one it never held, or one it was
+    /// handing off, whose copy missed the writes made while it was not an
+    /// owner). Such a node never answers for `p`'s keys alone.
     pub fn receiving(&self, view: &ClusterView, p: u32) -> bool {
         if !self.knows_cluster_in(view) {
             return true;
         }
         match self.standing(p) {
             Standing::Inbound(_) => true,
-            Standing::None => view.ring().replicates(p, &self.id),
-            Standing::Held | Standing::Outbound => false,
+            Standing::None | Standing::Outbound => view.ring().replicates(p, &self.id),
+            Standing::Held => false,
         }
     }
 

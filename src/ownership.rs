@@ -161,7 +161,9 @@ impl Ownership {
     /// it stores anything of it. Partitions gained become inbound (`Stream`
     /// when nothing is here, `Sync` otherwise); partitions lost are handed
     /// off (a transfer under way is cancelled); a partition given back
-    /// before its hand-off finished simply stays held. Returns whether
+    /// before its hand-off finished is verified (`Sync`) like one held
+    /// before a restart: while it was not owned here, writes went to its
+    /// owners and not here, so the copy may be stale. Returns whether
     /// anything changed.
     pub fn reconcile(&mut self, partitions: u32, owned: impl Fn(u32) -> bool, has_data: impl Fn(u32) -> bool) -> bool {
         let before = self.clone();
@@ -169,9 +171,9 @@ impl Ownership {
         for p in 0..partitions {
             let mode = if has_data(p) { Mode::Sync } else { Mode::Stream };
             if owned(p) {
-                self.outbound.remove(&p);
+                let given_back = self.outbound.remove(&p);
                 if self.held.contains(&p) {
-                    if verify {
+                    if verify || given_back {
                         self.inbound.insert(p, Inbound { mode: Mode::Sync, cursor: None, source: None });
                     }
                 } else {
@@ -261,8 +263,12 @@ mod tests {
         assert!(o.holds(0), "a stale copy is still a holder's copy");
         o.received(0);
         o.received(1);
-        // Given back before the hand-off finished: held again, nothing to do.
+        // Given back before the hand-off finished: writes went elsewhere
+        // meanwhile, so it is verified before it is vouched for again.
         o.reconcile(3, |_| true, |_| true);
+        assert_eq!(o.standing(2), Standing::Inbound(Mode::Sync));
+        assert!(o.holds(2), "still a holder's copy for others");
+        o.received(2);
         assert_eq!(o.standing(2), Standing::Held);
         o.reconcile(3, |p| p == 0, |_| true);
         o.dropped(1);
