@@ -646,3 +646,30 @@ proptest::proptest! {
         });
     }
 }
+
+/// A partition this node was handing off is not vouched for when the ring
+/// gives it back: its copy missed the writes made while it was owned
+/// elsewhere, so it counts as receiving until the transfer worker has
+/// verified it against the other owners.
+#[tokio::test]
+async fn a_partition_given_back_mid_hand_off_is_not_vouched_for_until_verified() {
+    use crate::ownership::{Mode, Ownership, Standing};
+    let c = Mem::new(3, &[]);
+    let a = c.node("a");
+    let view = a.view();
+    let q = a.cfg().partitions;
+    // a held every partition, then a ring change took them all away.
+    a.update_ownership(|o| {
+        *o = Ownership::alone(q);
+        o.reconcile(q, |_| false, |_| true);
+    });
+    assert_eq!(a.standing(0), Standing::Outbound);
+    // Three nodes and N = 3: the ring gives every partition back to a.
+    assert!(view.ring().replicates(0, a.id()));
+    assert!(a.receiving(&view, 0), "before the worker looked: not vouched for");
+    a.update_ownership(|o| o.reconcile(q, |_| true, |_| true));
+    assert_eq!(a.standing(0), Standing::Inbound(Mode::Sync));
+    assert!(a.receiving(&view, 0), "being verified: not vouched for");
+    a.update_ownership(|o| o.received(0));
+    assert!(!a.receiving(&view, 0), "verified: held");
+}
