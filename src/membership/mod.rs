@@ -378,26 +378,23 @@ impl Table {
         let not_left_before = self.not_left_count();
         let mut changed = false;
         for d in digests {
-            if let Some(c) = self.conflict(d) {
-                // This node's own id at another address: its old address,
-                // as the others still hold it after a move. Its heartbeat
-                // there may be above this run's (a data dir lost with the
-                // move): jump past it, or the others would never take the
-                // new address (they move a member only for a higher one).
+            let conflict = self.conflict(d);
+            if d.id == self.me {
+                // Someone saw a heartbeat of ours we no longer know: a
+                // restart whose reservation was lost, or, at another address
+                // (refused below), our old address after a move that lost
+                // the data dir. Jump past it, or the others would never take
+                // the new address (they move a member only for a higher one).
                 let me = self.members.get_mut(&self.me).expect("self entry");
-                if d.id == self.me && d.heartbeat > me.heartbeat {
+                if d.heartbeat > me.heartbeat {
                     me.heartbeat = d.heartbeat.saturating_add(1);
                 }
+            }
+            if let Some(c) = conflict {
                 self.conflicts.push(c);
                 continue;
             }
             if d.id == self.me {
-                let me = self.members.get_mut(&self.me).expect("self entry");
-                // Someone saw a heartbeat of ours we no longer know (a restart
-                // whose reservation was lost): jump past it.
-                if d.heartbeat > me.heartbeat {
-                    me.heartbeat = d.heartbeat.saturating_add(1);
-                }
                 continue;
             }
             let full = self.members.len() >= MAX_TABLE;

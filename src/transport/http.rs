@@ -169,15 +169,11 @@ impl HttpTransport {
             address.parse().map_err(|_| TransportError::Connect(format!("bad address {address}")))?;
         let authority = base.authority().ok_or_else(|| TransportError::Connect(format!("bad address {address}")))?;
         let host = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
-        let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&host));
-        let stream = match connect.await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(TransportError::Connect(e.to_string())),
+        let (mut sender, conn) = match tokio::time::timeout(self.connect_timeout, open_connection(&host)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(TransportError::Connect(e)),
             Err(_) => return Err(TransportError::Connect("connect timed out".into())),
         };
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) =
-            http1::handshake(TokioIo::new(stream)).await.map_err(|e| TransportError::Connect(e.to_string()))?;
         let mut r = hyper::Request::builder()
             .method(req.method)
             .uri(req.path_and_query.as_str())
@@ -217,6 +213,14 @@ impl HttpTransport {
 }
 
 type LinkConnection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// A new HTTP/1.1 connection to `authority` (`host:port`), without Nagle's
+/// delay: its sender, and the connection for the caller to drive.
+async fn open_connection(authority: &str) -> Result<(http1::SendRequest<Full<Bytes>>, LinkConnection), String> {
+    let stream = TcpStream::connect(authority).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())
+}
 
 /// A [`PeerLink`] over one HTTP/1.1 connection on hyper directly: no pool,
 /// no URL to parse per call, and no connection task. The caller's task
@@ -299,12 +303,7 @@ impl HttpLink {
             }
         }
         let limit = deadline.min(Instant::now() + self.connect_timeout);
-        let connect = async {
-            let stream = TcpStream::connect(&self.authority).await.map_err(|e| e.to_string())?;
-            let _ = stream.set_nodelay(true);
-            http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout_at(limit, connect).await {
+        match tokio::time::timeout_at(limit, open_connection(&self.authority)).await {
             Ok(Ok((sender, conn))) => Ok(Open { sender, conn: Some(Box::pin(conn)), used: Instant::now() }),
             Ok(Err(e)) => Err(TransportError::Connect(format!("{}: {e}", self.authority))),
             Err(_) => Err(TransportError::Connect(format!("{}: no connection in time", self.authority))),
