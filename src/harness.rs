@@ -19,6 +19,7 @@ use clap::Parser;
 use crate::config::Config;
 use crate::membership::Digest;
 use crate::node::{Node, OpenError};
+use crate::ownership::Ownership;
 use crate::rpc::{self, RpcError};
 use crate::transport::wire::GossipMessage;
 use crate::transport::{BoxFuture, ForwardRequest, ForwardResponse, Route, Target, Transport, TransportError};
@@ -152,6 +153,12 @@ pub fn introduce(nodes: &[Arc<Node>]) {
     for n in nodes {
         let msg = GossipMessage { from: "harness".into(), partitions: n.cfg().partitions, members: digests.clone() };
         n.accept_gossip(&msg).expect("valid members");
+        // Each was opened alone, on a new data dir, and now hears of the
+        // others, so it verifies what it took for itself before vouching
+        // for it. They are a new, empty cluster formed at once: what each
+        // holds is all there is, as the transfer worker (not run here)
+        // would find by comparing with the others.
+        n.update_ownership(|o| *o = Ownership::alone(n.cfg().partitions));
     }
 }
 

@@ -522,6 +522,7 @@ impl Node {
         let mut overflow = 0;
         let mut back = false;
         let mut forgot = false;
+        let mut merged = false;
         let timeouts = self.timeouts();
         self.update_members(|t| {
             // A node that took every partition for a new cluster of its own
@@ -540,16 +541,31 @@ impl Node {
                 let earlier = digests
                     .iter()
                     .any(|d| d.id == self.id && d.address == self.address && (unannounced || d.heartbeat > mine));
-                if earlier {
+                // Or it hears of another member: it is one of a cluster
+                // now, which may have held these partitions all along (a
+                // wiped first node restarted under a generated id, which
+                // nobody's gossip names). What it took for itself alone is
+                // verified like a copy from before a restart: it stays a
+                // holder others may stream from (a joining node's only
+                // one, when this is a new cluster's first node), but
+                // vouches for nothing until compared with every other
+                // owner holding it, or until none does.
+                let others = digests.iter().any(|d| d.id != self.id && !d.left);
+                if earlier || others {
                     // The flag clears under the ownership lock, with the
                     // partitions already given up: a readiness check that
                     // sees it cleared (and so skips the settle) then waits
                     // for the lock and finds them inbound.
                     let mut o = self.ownership.lock().expect("ownership lock");
                     if self.started_alone.load(Ordering::SeqCst) {
-                        o.forget_held();
+                        if earlier {
+                            o.forget_held();
+                            forgot = true;
+                        } else {
+                            o.reverify();
+                            merged = true;
+                        }
                         self.started_alone.store(false, Ordering::SeqCst);
-                        forgot = true;
                     }
                 }
             }
@@ -568,6 +584,13 @@ impl Node {
             tracing::warn!(
                 "this node's id was a member before this data dir existed (a wiped disk): \
                  it gives up the partitions it took as its own and refills them like a joining node"
+            );
+            self.ownership_changed();
+        }
+        if merged {
+            tracing::info!(
+                "joined by other members after starting alone: every partition taken while alone is \
+                 verified against the other owners before this node answers for it"
             );
             self.ownership_changed();
         }

@@ -320,6 +320,59 @@ async fn a_wiped_first_node_without_seeds_refills_instead_of_passing_for_a_new_c
 }
 
 #[tokio::test]
+async fn a_wiped_first_node_with_a_generated_id_does_not_vouch_for_what_it_took_while_alone() {
+    // The layout of a first try: n1 without --seeds and without --node-id,
+    // the others seeded with it. Wiped and started again with the same
+    // command, n1 is a new id: nobody's gossip names it, so it cannot tell
+    // it was a member. It took every partition of a new cluster of its own;
+    // once the others' gossip reaches it and it is one of theirs, those
+    // empty partitions must not pass for complete copies. The old id stays
+    // on the ring (suspect) for the whole test, and anti-entropy is off:
+    // only n1's own catch-up brings the keys to it.
+    let timers = [
+        "--gossip-interval-ms",
+        "100",
+        "--suspect-after-ms",
+        "2000",
+        "--dead-after-ms",
+        "120000",
+        "--request-timeout-ms",
+        "500",
+        "--sync-writes",
+        "--anti-entropy-interval-ms",
+        "0",
+    ];
+    let n1 = Server::start(&timers).await;
+    let mut args = timers.to_vec();
+    args.extend_from_slice(&["--seeds", &n1.url]);
+    let n2 = Server::start(&args).await;
+    let n3 = Server::start(&args).await;
+    let mut c = Cluster { nodes: vec![n1, n2, n3] };
+    c.wait_all_alive().await;
+    c.wait_all_ready().await;
+    for i in 0..40 {
+        assert_eq!(put(c.node(1), &format!("g{i}"), &format!("v{i}"), "?w=all").await, 204);
+    }
+    c.nodes[0].kill();
+    std::fs::remove_dir_all(c.nodes[0].data_dir()).unwrap();
+    c.nodes[0].restart().await;
+    // Once it has merged with the others (it lists them), it is a member of
+    // their cluster: every key is answered through it at r=1, never 404.
+    eventually("the new n1 lists the others", || async { member_statuses(c.node(0)).await.len() >= 3 }).await;
+    reads_back_at_r1(c.node(0), "g", 40, "through the new n1 once it merged with the others").await;
+    // And through the others at r=quorum, where the new n1 is a replica
+    // (its empty copy must not count as one that lacks the key).
+    for s in &c.nodes[1..] {
+        for i in 0..40 {
+            let r = s.http.get(s.at(&format!("/kv/g{i}"))).send().await.unwrap();
+            assert_eq!(r.status(), 200, "g{i} through {}", s.url);
+        }
+    }
+    eventually("the new n1 ready", || async { ready_status(c.node(0)).await == 200 }).await;
+    reads_back_at_r1(c.node(0), "g", 40, "through the new n1 once it is ready").await;
+}
+
+#[tokio::test]
 async fn a_node_paused_until_declared_dead_does_not_answer_from_its_stale_copy_when_it_resumes() {
     // Anti-entropy off: only n3's own verification can catch it up.
     let c = Cluster::start_with(3, QUICK_DEATH, &["--anti-entropy-interval-ms", "0"]).await;
