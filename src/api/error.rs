@@ -64,6 +64,10 @@ pub enum ApiError {
     /// Internal route body over its limit.
     #[error("request body exceeds this route's limit")]
     BodyTooLarge,
+    /// A node-to-node request meant for another member (one that was at
+    /// this address before): nothing was done.
+    #[error("{0}")]
+    Misdirected(String),
     /// This stand-in keeps no more hints.
     #[error("hint backlog full")]
     HintBacklogFull,
@@ -126,6 +130,7 @@ impl ApiError {
             ApiError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::MembershipRefused(_) => (StatusCode::CONFLICT, MEMBERSHIP_REFUSED),
             ApiError::HintBacklogFull => (StatusCode::SERVICE_UNAVAILABLE, "hint_backlog_full"),
+            ApiError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected"),
             ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),

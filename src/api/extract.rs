@@ -78,6 +78,15 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
         if parts.method == Method::PUT {
             declared_size(node, &parts.headers)?;
         }
+        let forwarded = forwarded_by_a_peer(node, &parts.headers);
+        // Relayed for a member this node is not (another process took over
+        // its address): refused before anything is done, so the relaying
+        // node tries the key's next replica.
+        if let Some(to) = parts.headers.get(crate::transport::http::RECIPIENT_HEADER).filter(|_| forwarded) {
+            if to.as_bytes() != node.id().as_bytes() {
+                return Err(super::internal::misdirected(to.as_bytes(), node.id()));
+            }
+        }
         let uri = parts.extensions.get::<OriginalUri>().map(|o| &o.0).unwrap_or(&parts.uri);
         let forward_headers = [header::CONTENT_TYPE, header::ACCEPT, X_CONTEXT]
             .into_iter()
@@ -93,7 +102,7 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
             method: parts.method.clone(),
             path_and_query: uri.path_and_query().cloned(),
             forward_headers,
-            forwarded: forwarded_by_a_peer(node, &parts.headers),
+            forwarded,
         })
     }
 }

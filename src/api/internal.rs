@@ -15,7 +15,7 @@ use tower_http::validate_request::ValidateRequestHeaderLayer;
 use super::error::ApiError;
 use crate::node::Node;
 use crate::rpc;
-use crate::transport::http::SECRET_HEADER;
+use crate::transport::http::{RECIPIENT_HEADER, SECRET_HEADER};
 
 /// Largest gossip body accepted.
 pub const MAX_GOSSIP_BYTES: usize = 1 << 20;
@@ -44,6 +44,31 @@ pub fn guard(
         Some(secret) if !given(req.headers()).is_some_and(|g| constant_time_eq(g, secret.as_bytes())) => Err(refusal()),
         _ => Ok(()),
     })
+}
+
+/// A layer that refuses (421 `misdirected`, nothing done) a node-to-node
+/// request naming another member as its recipient: a process that took
+/// over a member's address under a new id (a wiped node restarted without
+/// `--node-id`) must not answer replica reads, writes or transfers as that
+/// member, or a coordinator would count its empty copy as the member's.
+/// Requests that name nobody (gossip) pass.
+// The Err of a tower-http validator is the refusal itself, a Response.
+#[allow(clippy::result_large_err)]
+pub fn require_recipient(
+    id: String,
+) -> ValidateRequestHeaderLayer<impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static> {
+    ValidateRequestHeaderLayer::custom(move |req: &mut Request| match req.headers().get(RECIPIENT_HEADER) {
+        Some(to) if to.as_bytes() != id.as_bytes() => Err(misdirected(to.as_bytes(), &id).into_response()),
+        _ => Ok(()),
+    })
+}
+
+/// The refusal of a request meant for member `to` by node `id`.
+pub fn misdirected(to: &[u8], id: &str) -> ApiError {
+    ApiError::Misdirected(format!(
+        "this request is for member {}, but this is node {id} (the member's address now serves another node)",
+        String::from_utf8_lossy(to)
+    ))
 }
 
 /// Compares two secrets in time independent of where they differ.

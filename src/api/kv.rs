@@ -19,6 +19,7 @@ use crate::clock::now_ms;
 use crate::coordinator::{self, CoordError, Write};
 use crate::node::Node;
 use crate::storage::Content;
+use crate::transport::http::RECIPIENT_HEADER;
 use crate::transport::{ForwardRequest, Target, TransportError};
 use crate::version::{token, Context};
 
@@ -168,7 +169,7 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
         return Ok(None);
     };
     if !knows && targets.is_empty() {
-        targets = node.seeds().into_iter().map(|u| ("seed".to_string(), u)).collect();
+        targets = node.seeds().into_iter().map(|u| (SEED.to_string(), u)).collect();
     }
     // No replica is alive (each is suspect: no heartbeat lately) while some
     // other member is: a relay would most likely wait out its timeout and
@@ -196,12 +197,14 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
     // stand-in; give it that long and a little more.
     let timeout = node.timeout() * 3 + std::time::Duration::from_millis(500);
     for (id, address) in targets {
-        let fwd = ForwardRequest {
-            method: req.method.clone(),
-            path_and_query: path.clone(),
-            headers: pass.clone(),
-            body: body.clone(),
-        };
+        let mut headers = pass.clone();
+        // Named, so that another process at its address refuses it (a seed
+        // asked before this node knows the cluster is nobody in particular).
+        if id != SEED {
+            headers.push((RECIPIENT_HEADER.to_string(), id.clone()));
+        }
+        let fwd =
+            ForwardRequest { method: req.method.clone(), path_and_query: path.clone(), headers, body: body.clone() };
         let outcome = node.transport().forward(Target { id: &id, address: &address }, fwd, timeout).await;
         let unanswered =
             matches!(outcome, Err(TransportError::Connect(_) | TransportError::Timeout(_) | TransportError::Io(_)));
@@ -245,12 +248,18 @@ async fn forward(node: &Node, req: &KvRequest, body: Bytes) -> Result<Option<Res
 }
 
 /// Whether a relayed request was refused before anything was done (503
-/// `not_ready`: the node is leaving, or has not heard from the cluster), so
-/// another replica may take it, a write included.
+/// `not_ready`: the node is leaving, or has not heard from the cluster;
+/// 421: another node now serves the replica's address), so another
+/// replica may take it, a write included.
 fn refused_unapplied(resp: &crate::transport::ForwardResponse) -> bool {
-    resp.status == StatusCode::SERVICE_UNAVAILABLE.as_u16()
-        && serde_json::from_slice::<serde_json::Value>(&resp.body).is_ok_and(|v| v["code"] == "not_ready")
+    resp.status == StatusCode::MISDIRECTED_REQUEST.as_u16()
+        || (resp.status == StatusCode::SERVICE_UNAVAILABLE.as_u16()
+            && serde_json::from_slice::<serde_json::Value>(&resp.body).is_ok_and(|v| v["code"] == "not_ready"))
 }
+
+/// The id a relay to a seed goes under (before this node knows the
+/// cluster, a seed is nobody in particular).
+const SEED: &str = "seed";
 
 /// `resp` with the `X-Context` of `clock`, the context of `key`.
 fn with_context(mut resp: Response, clock: &Context, key: &str) -> Response {

@@ -113,7 +113,10 @@ pub fn router(node: Arc<Node>) -> (Router, Intake) {
     // method is a 405 whether or not the caller knows the secret.
     // The secret before the budget: a request without it never takes a
     // permit from replication.
-    let guarded = ServiceBuilder::new().layer(secret.clone()).layer(internal_budget);
+    let guarded = ServiceBuilder::new()
+        .layer(secret.clone())
+        .layer(internal::require_recipient(node.id().to_string()))
+        .layer(internal_budget);
     let internal = Router::new()
         .route(Route::Batch.path(), post(internal::batch).route_layer(guarded.clone()))
         .route(Route::Hint.path(), post(internal::hint).route_layer(guarded.clone()))

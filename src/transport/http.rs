@@ -24,6 +24,10 @@ pub const SECRET_HEADER: &str = "x-dynakv-secret";
 /// Header marking a client request forwarded by another node (never
 /// forwarded again).
 pub const FORWARDED_HEADER: &str = "x-dynakv-forwarded";
+/// Header naming the member a node-to-node request is meant for: another
+/// process at that address (a wiped node restarted under a new id, say)
+/// refuses it rather than answer for a member it is not.
+pub const RECIPIENT_HEADER: &str = "x-dynakv-to";
 
 /// Response headers a forwarded request passes back to the client.
 const PASSED_BACK: [&str; 3] = ["content-type", "allow", "x-context"];
@@ -70,7 +74,7 @@ fn classify(e: reqwest::Error, timeout: Duration) -> TransportError {
 impl Transport for HttpTransport {
     fn link(&self, to: Target<'_>) -> Option<Box<dyn PeerLink>> {
         HttpLink::new(to.address, self.secret.as_deref(), self.connect_timeout, self.link_idle)
-            .map(|l| Box::new(l) as Box<dyn PeerLink>)
+            .map(|l| Box::new(l.to_member(to.id)) as Box<dyn PeerLink>)
     }
 
     fn call<'a>(
@@ -89,6 +93,11 @@ impl Transport for HttpTransport {
                 .body(body);
             if let Some(s) = &self.secret {
                 req = req.header(SECRET_HEADER, s);
+            }
+            // Gossip goes to whoever is at an address (a seed, or a new
+            // process there that the cluster is yet to learn of).
+            if route != Route::Gossip {
+                req = req.header(RECIPIENT_HEADER, to.id);
             }
             let resp = req.send().await.map_err(|e| classify(e, timeout))?;
             let status = resp.status();
@@ -237,6 +246,8 @@ async fn open_connection(authority: &str) -> Result<(http1::SendRequest<Full<Byt
 pub struct HttpLink {
     authority: String,
     secret: Option<hyper::header::HeaderValue>,
+    /// The member's id, sent with every request ([`RECIPIENT_HEADER`]).
+    recipient: Option<hyper::header::HeaderValue>,
     connect_timeout: Duration,
     idle: Duration,
     open: Option<Open>,
@@ -273,7 +284,14 @@ impl HttpLink {
             Some(s) => Some(hyper::header::HeaderValue::from_str(s).ok()?),
             None => None,
         };
-        Some(Self { authority, secret, connect_timeout, idle, open: None })
+        Some(Self { authority, secret, recipient: None, connect_timeout, idle, open: None })
+    }
+
+    /// Names the member this link is to in every request, so that another
+    /// process at its address refuses them.
+    pub fn to_member(mut self, id: &str) -> Self {
+        self.recipient = hyper::header::HeaderValue::from_str(id).ok();
+        self
     }
 
     fn request(&self, route: Route, body: Bytes) -> hyper::Request<Full<Bytes>> {
@@ -284,6 +302,9 @@ impl HttpLink {
             .header(hyper::header::CONTENT_TYPE, route.content_type());
         if let Some(s) = &self.secret {
             req = req.header(SECRET_HEADER, s.clone());
+        }
+        if let Some(id) = &self.recipient {
+            req = req.header(RECIPIENT_HEADER, id.clone());
         }
         req.body(Full::new(body)).expect("a POST to a fixed path is a valid request")
     }

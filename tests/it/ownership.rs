@@ -373,6 +373,74 @@ async fn a_wiped_first_node_with_a_generated_id_does_not_vouch_for_what_it_took_
 }
 
 #[tokio::test]
+async fn a_new_id_at_a_members_address_does_not_answer_for_that_member() {
+    // As above, but read through the others in the moment before their
+    // gossip reaches the new n1 (slow gossip makes that moment long). They
+    // still take the old n1 for alive at that address and relay to it, or
+    // ask it as a replica; the new process there, a cluster of one in its
+    // own eyes, must refuse what is meant for the old id instead of
+    // answering from its empty copy.
+    let timers = [
+        "--gossip-interval-ms",
+        "2000",
+        "--suspect-after-ms",
+        "30000",
+        "--dead-after-ms",
+        "120000",
+        "--request-timeout-ms",
+        "500",
+        "--sync-writes",
+        "--anti-entropy-interval-ms",
+        "0",
+    ];
+    let n1 = Server::start(&timers).await;
+    let mut nodes = vec![n1];
+    for i in 2..=4 {
+        let id = format!("n{i}");
+        let mut args = timers.to_vec();
+        args.extend_from_slice(&["--node-id", &id, "--seeds", &nodes[0].url]);
+        nodes.push(Server::start(&args).await);
+    }
+    let mut c = Cluster { nodes };
+    c.wait_all_alive().await;
+    c.wait_all_ready().await;
+    let old_id = crate::support::node_id(c.node(0)).await;
+    for i in 0..40 {
+        assert_eq!(put(c.node(1), &format!("m{i}"), &format!("v{i}"), "?w=all").await, 204);
+    }
+    c.nodes[0].kill();
+    std::fs::remove_dir_all(c.nodes[0].data_dir()).unwrap();
+    c.nodes[0].restart().await;
+    assert_ne!(crate::support::node_id(c.node(0)).await, old_id, "a generated id is new");
+    for s in &c.nodes[1..] {
+        for q in ["1", "quorum"] {
+            for i in 0..40 {
+                let r = s.http.get(s.at(&format!("/kv/m{i}?r={q}"))).send().await.unwrap();
+                assert_eq!(r.status(), 200, "m{i} at r={q} through {}", s.url);
+                assert_eq!(r.text().await.unwrap(), format!("v{i}"));
+            }
+        }
+    }
+    // A request naming another member is refused by the process now at
+    // its address, before anything is done.
+    let s = c.node(0);
+    let r = s.http.post(s.at("/internal/batch")).header("x-dynakv-to", old_id.as_str()).body("").send().await.unwrap();
+    assert_eq!(r.status(), 421);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "misdirected");
+    let r = s
+        .http
+        .put(s.at("/kv/m0"))
+        .header("x-dynakv-forwarded", "1")
+        .header("x-dynakv-to", old_id.as_str())
+        .body("stray")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 421);
+    assert_eq!(c.node(1).get("m0").await.2, "v0", "the misdirected write was not applied");
+}
+
+#[tokio::test]
 async fn a_node_paused_until_declared_dead_does_not_answer_from_its_stale_copy_when_it_resumes() {
     // Anti-entropy off: only n3's own verification can catch it up.
     let c = Cluster::start_with(3, QUICK_DEATH, &["--anti-entropy-interval-ms", "0"]).await;

@@ -457,3 +457,9 @@ pub fn sorted_values(body: &serde_json::Value) -> Vec<String> {
     values.sort();
     values
 }
+
+/// The id node `s` reports on `GET /health`.
+pub async fn node_id(s: &Server) -> String {
+    let v: serde_json::Value = s.http.get(s.at("/health")).send().await.unwrap().json().await.unwrap();
+    v["node_id"].as_str().unwrap().to_string()
+}
