@@ -82,10 +82,8 @@ impl FromRequestParts<Arc<Node>> for KvRequest {
         // Relayed for a member this node is not (another process took over
         // its address): refused before anything is done, so the relaying
         // node tries the key's next replica.
-        if let Some(to) = parts.headers.get(crate::transport::http::RECIPIENT_HEADER).filter(|_| forwarded) {
-            if to.as_bytes() != node.id().as_bytes() {
-                return Err(super::internal::misdirected(to.as_bytes(), node.id()));
-            }
+        if forwarded {
+            super::internal::check_recipient(&parts.headers, node.id())?;
         }
         let uri = parts.extensions.get::<OriginalUri>().map(|o| &o.0).unwrap_or(&parts.uri);
         let forward_headers = [header::CONTENT_TYPE, header::ACCEPT, X_CONTEXT]

@@ -57,18 +57,21 @@ pub fn guard(
 pub fn require_recipient(
     id: String,
 ) -> ValidateRequestHeaderLayer<impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static> {
-    ValidateRequestHeaderLayer::custom(move |req: &mut Request| match req.headers().get(RECIPIENT_HEADER) {
-        Some(to) if to.as_bytes() != id.as_bytes() => Err(misdirected(to.as_bytes(), &id).into_response()),
-        _ => Ok(()),
+    ValidateRequestHeaderLayer::custom(move |req: &mut Request| {
+        check_recipient(req.headers(), &id).map_err(IntoResponse::into_response)
     })
 }
 
-/// The refusal of a request meant for member `to` by node `id`.
-pub fn misdirected(to: &[u8], id: &str) -> ApiError {
-    ApiError::Misdirected(format!(
-        "this request is for member {}, but this is node {id} (the member's address now serves another node)",
-        String::from_utf8_lossy(to)
-    ))
+/// Refuses a request whose `headers` name a recipient other than node `id`
+/// (421 `misdirected`); one naming nobody passes.
+pub fn check_recipient(headers: &HeaderMap, id: &str) -> Result<(), ApiError> {
+    match headers.get(RECIPIENT_HEADER) {
+        Some(to) if to.as_bytes() != id.as_bytes() => Err(ApiError::Misdirected(format!(
+            "this request is for member {}, but this is node {id} (the member's address now serves another node)",
+            String::from_utf8_lossy(to.as_bytes())
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Compares two secrets in time independent of where they differ.
