@@ -319,6 +319,33 @@ async fn a_wiped_first_node_without_seeds_refills_instead_of_passing_for_a_new_c
     assert_eq!(c.node(0).get("w7").await.2, "v7");
 }
 
+/// The layout of a first try, `n` nodes with `timers`: n1 without --seeds
+/// and without --node-id, the others (`n2`..) seeded with it. Once
+/// `{prefix}0..40` are on every replica, n1 is SIGKILLed, its data dir
+/// deleted, and it is started again with the same command: a new generated
+/// id at the old address. Returns the cluster and n1's old id.
+async fn first_node_wiped_under_a_new_id(timers: &[&str], n: usize, prefix: &str) -> (Cluster, String) {
+    let mut nodes = vec![Server::start(timers).await];
+    for i in 2..=n {
+        let id = format!("n{i}");
+        let mut args = timers.to_vec();
+        args.extend_from_slice(&["--node-id", &id, "--seeds", &nodes[0].url]);
+        nodes.push(Server::start(&args).await);
+    }
+    let mut c = Cluster { nodes };
+    c.wait_all_alive().await;
+    c.wait_all_ready().await;
+    let old_id = crate::support::node_id(c.node(0)).await;
+    for i in 0..40 {
+        assert_eq!(put(c.node(1), &format!("{prefix}{i}"), &format!("v{i}"), "?w=all").await, 204);
+    }
+    c.nodes[0].kill();
+    std::fs::remove_dir_all(c.nodes[0].data_dir()).unwrap();
+    c.nodes[0].restart().await;
+    assert_ne!(crate::support::node_id(c.node(0)).await, old_id, "a generated id is new");
+    (c, old_id)
+}
+
 #[tokio::test]
 async fn a_wiped_first_node_with_a_generated_id_does_not_vouch_for_what_it_took_while_alone() {
     // The layout of a first try: n1 without --seeds and without --node-id,
@@ -342,23 +369,21 @@ async fn a_wiped_first_node_with_a_generated_id_does_not_vouch_for_what_it_took_
         "--anti-entropy-interval-ms",
         "0",
     ];
-    let n1 = Server::start(&timers).await;
-    let mut args = timers.to_vec();
-    args.extend_from_slice(&["--seeds", &n1.url]);
-    let n2 = Server::start(&args).await;
-    let n3 = Server::start(&args).await;
-    let mut c = Cluster { nodes: vec![n1, n2, n3] };
-    c.wait_all_alive().await;
-    c.wait_all_ready().await;
-    for i in 0..40 {
-        assert_eq!(put(c.node(1), &format!("g{i}"), &format!("v{i}"), "?w=all").await, 204);
-    }
-    c.nodes[0].kill();
-    std::fs::remove_dir_all(c.nodes[0].data_dir()).unwrap();
-    c.nodes[0].restart().await;
+    let (c, _) = first_node_wiped_under_a_new_id(&timers, 3, "g").await;
     // Once it has merged with the others (it lists them), it is a member of
     // their cluster: every key is answered through it at r=1, never 404.
     eventually("the new n1 lists the others", || async { member_statuses(c.node(0)).await.len() >= 3 }).await;
+    // Before anything is read (a read repairs the copies it reads): a
+    // blind write through it supersedes the cluster's version: it is
+    // built over the holders' copy, not over an empty one taken for whole
+    // (which would leave the old value beside it as a sibling).
+    for i in 0..40 {
+        // (w=quorum: the old id, still a replica, does not ack.)
+        assert_eq!(put(c.node(0), &format!("g{i}"), &format!("w{i}"), "").await, 204);
+        let (status, _, body) = c.node(1).get(&format!("g{i}")).await;
+        assert_eq!((status, body), (200, format!("w{i}")), "g{i} overwritten through the new n1");
+        assert_eq!(put(c.node(0), &format!("g{i}"), &format!("v{i}"), "").await, 204);
+    }
     reads_back_at_r1(c.node(0), "g", 40, "through the new n1 once it merged with the others").await;
     // And through the others at r=quorum, where the new n1 is a replica
     // (its empty copy must not count as one that lacks the key).
@@ -393,25 +418,7 @@ async fn a_new_id_at_a_members_address_does_not_answer_for_that_member() {
         "--anti-entropy-interval-ms",
         "0",
     ];
-    let n1 = Server::start(&timers).await;
-    let mut nodes = vec![n1];
-    for i in 2..=4 {
-        let id = format!("n{i}");
-        let mut args = timers.to_vec();
-        args.extend_from_slice(&["--node-id", &id, "--seeds", &nodes[0].url]);
-        nodes.push(Server::start(&args).await);
-    }
-    let mut c = Cluster { nodes };
-    c.wait_all_alive().await;
-    c.wait_all_ready().await;
-    let old_id = crate::support::node_id(c.node(0)).await;
-    for i in 0..40 {
-        assert_eq!(put(c.node(1), &format!("m{i}"), &format!("v{i}"), "?w=all").await, 204);
-    }
-    c.nodes[0].kill();
-    std::fs::remove_dir_all(c.nodes[0].data_dir()).unwrap();
-    c.nodes[0].restart().await;
-    assert_ne!(crate::support::node_id(c.node(0)).await, old_id, "a generated id is new");
+    let (c, old_id) = first_node_wiped_under_a_new_id(&timers, 4, "m").await;
     for s in &c.nodes[1..] {
         for q in ["1", "quorum"] {
             for i in 0..40 {
