@@ -174,13 +174,21 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Parses the process's flags and environment (exiting with clap's usage
-    /// message on a parse error). An optional text setting given as an
-    /// empty environment variable counts as unset, so a compose file or a
-    /// manifest can pass `DYNAKV_CLUSTER_SECRET: ${DYNAKV_CLUSTER_SECRET:-}`;
-    /// an empty value on the command line is still refused by [`Config::validate`].
+    /// Parses the process's flags and environment. A parse error prints one
+    /// line naming the problem (see [`usage_error_line`]) and exits 2;
+    /// `--help` and `--version` print as clap does. An optional text setting
+    /// given as an empty environment variable counts as unset, so a compose
+    /// file or a manifest can pass `DYNAKV_CLUSTER_SECRET:
+    /// ${DYNAKV_CLUSTER_SECRET:-}`; an empty value on the command line is
+    /// still refused by [`Config::validate`].
     pub fn load() -> Self {
-        Self::load_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+        Self::load_from(std::env::args_os()).unwrap_or_else(|e| {
+            if !e.use_stderr() {
+                e.exit();
+            }
+            eprintln!("{}", usage_error_line(&e));
+            std::process::exit(2);
+        })
     }
 
     /// [`Config::load`] from given arguments (and the process environment).
@@ -257,6 +265,16 @@ impl Config {
         let own = [self.advertise_url(), format!("http://{}", self.listen)];
         self.seed_urls().into_iter().filter(|s| !own.contains(s)).collect()
     }
+}
+
+/// A clap parse error as one line, like the binary's other startup errors:
+/// clap's first line (what is wrong: the flag, the value and why) without
+/// its tips and usage block, which would make it five.
+pub fn usage_error_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+    let what = first.trim().trim_start_matches("error:").trim();
+    format!("dynakv: error: {what} (see --help)")
 }
 
 /// Whether `id` is a usable node id: 1..=64 of `[A-Za-z0-9._-]`.

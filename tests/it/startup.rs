@@ -8,6 +8,7 @@ fn expect_failure(args: &[&str], needle: &str) {
     assert_ne!(code, 0, "{args:?} started");
     assert!(stderr.contains(needle), "{args:?}: stderr {stderr:?} lacks {needle:?}");
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: not one line: {stderr}");
 }
 
 #[test]
@@ -28,6 +29,8 @@ fn bad_flags_and_values() {
     expect_failure(&["--seeds", "http://ok:1,::bad"], "--seeds");
     expect_failure(&["--node-id", "has space"], "--node-id");
     expect_failure(&["--worker-threads", "0"], "--worker-threads");
+    expect_failure(&["--sync-writes", "maybe"], "--sync-writes");
+    expect_failure(&["--log-format", "xml"], "--log-format");
 }
 
 #[test]
