@@ -237,7 +237,7 @@ impl Metrics {
         let labels = ["/metrics", "GET", "200"];
         metrics.http_requests.with_label_values(&labels);
         metrics.http_duration.with_label_values(&labels);
-        // Every labelled counter with a fixed label set starts at 0, so a
+        // Every labelled series with a fixed label set starts at 0, so a
         // dashboard or alert finds each series before its first event.
         for op in ["read", "write"] {
             metrics.quorum_failures.with_label_values(&[op]);
@@ -252,6 +252,9 @@ impl Metrics {
             for direction in ["in", "out"] {
                 family.with_label_values(&[direction]);
             }
+        }
+        for direction in ["in", "out"] {
+            metrics.transfers_pending.with_label_values(&[direction]);
         }
         metrics
     }

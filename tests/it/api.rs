@@ -286,6 +286,30 @@ async fn inspection_routes_report_the_single_node() {
     assert!(!text.contains("route=\"/kv/k\""), "raw keys must not be labels");
 }
 
+/// Every metric README names has a series on a fresh single node (a
+/// labelled family starts at 0 for its fixed labels), so a dashboard built
+/// from the README finds each one before its first event.
+#[tokio::test]
+async fn every_metric_the_readme_names_is_served_from_the_start() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut names: Vec<&str> =
+        readme.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("dynakv_")).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 30, "README lists the metrics: {names:?}");
+    let s = Server::start(&[]).await;
+    s.put("k", "v", None).await;
+    let text = s.http.get(s.at("/metrics")).send().await.unwrap().text().await.unwrap();
+    let served: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| n.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count"))
+        .collect();
+    let missing: Vec<_> = names.iter().filter(|n| !served.contains(**n)).collect();
+    assert!(missing.is_empty(), "README names metrics a fresh node does not serve: {missing:?}");
+}
+
 #[tokio::test]
 async fn leave_answers_202_and_exits_zero() {
     let mut s = Server::start(&[]).await;
