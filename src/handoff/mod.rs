@@ -162,6 +162,12 @@ fn remove(node: &Node, hint: &Hint, delivered: &mut usize) {
 /// could not be handed off, the node does not announce `left` (it stays a
 /// member, and its copies with it) and says why.
 pub async fn leave(node: &Node) -> Result<u64, String> {
+    if node.view().sole_member() {
+        tracing::info!(
+            data_dir = %node.cfg().data_dir.display(),
+            "the last member leaves: nobody to hand its data to, which stays in its data dir"
+        );
+    }
     let mut handed = 0u64;
     for p in 0..node.cfg().partitions {
         handed += hand_off_partition(node, p).await?;
