@@ -18,7 +18,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 # The order sections appear in bench/RESULTS.md; any other file in
 # bench/results/ follows them alphabetically.
-ORDER = ["matrix.md", "perf.md", "instructions.md", "instructions-3.md", "before-after.md", "digest-reads.md", "anti-entropy.md", "transfer.md", "overload.md", "simulation.md"]
+ORDER = ["matrix.md", "perf.md", "floor.md", "instructions.md", "instructions-3.md", "before-after.md", "digest-reads.md", "anti-entropy.md", "transfer.md", "overload.md", "simulation.md"]
 
 
 def free_port():
