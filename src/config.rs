@@ -175,7 +175,7 @@ pub enum ConfigError {
 
 impl Config {
     /// Parses the process's flags and environment. A parse error prints one
-    /// line naming the problem (see [`usage_error_line`]) and exits 2;
+    /// line naming the problem (see `usage_error_line`) and exits 2;
     /// `--help` and `--version` print as clap does. An optional text setting
     /// given as an empty environment variable counts as unset, so a compose
     /// file or a manifest can pass `DYNAKV_CLUSTER_SECRET:
@@ -270,7 +270,7 @@ impl Config {
 /// A clap parse error as one line, like the binary's other startup errors:
 /// clap's first line (what is wrong: the flag, the value and why) without
 /// its tips and usage block, which would make it five.
-pub fn usage_error_line(e: &clap::Error) -> String {
+fn usage_error_line(e: &clap::Error) -> String {
     let rendered = e.render().to_string();
     let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
     let what = first.trim().trim_start_matches("error:").trim();

@@ -242,18 +242,16 @@ impl Metrics {
         for op in ["read", "write"] {
             metrics.quorum_failures.with_label_values(&[op]);
         }
-        for family in [
-            &metrics.transfers_started,
-            &metrics.transfers_finished,
-            &metrics.transfers_failed,
-            &metrics.transfer_keys,
-            &metrics.transfer_bytes,
-        ] {
-            for direction in ["in", "out"] {
+        for direction in ["in", "out"] {
+            for family in [
+                &metrics.transfers_started,
+                &metrics.transfers_finished,
+                &metrics.transfers_failed,
+                &metrics.transfer_keys,
+                &metrics.transfer_bytes,
+            ] {
                 family.with_label_values(&[direction]);
             }
-        }
-        for direction in ["in", "out"] {
             metrics.transfers_pending.with_label_values(&[direction]);
         }
         metrics
